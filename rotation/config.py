@@ -1,0 +1,56 @@
+"""The function's settings, read from the environment once per invocation."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rotation.exceptions import ConfigurationError
+from rotation.passwords import PasswordPolicy
+
+DEFAULT_CONNECT_TIMEOUT = 5
+# libpq rounds anything below 2 seconds up to 2; say so instead of pretending.
+MIN_CONNECT_TIMEOUT = 2
+
+
+class StrategyName(enum.StrEnum):
+    AUTO = "auto"
+    SINGLE_USER = "single-user"
+    ALTERNATING_USERS = "alternating-users"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    strategy: StrategyName = StrategyName.AUTO
+    password_policy: PasswordPolicy = field(default_factory=PasswordPolicy)
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
+    #: The CA bundle for ``verify-full``; None means the system trust store.
+    ssl_root_cert: str | None = None
+    #: AWS's functions honour SECRETS_MANAGER_ENDPOINT; boto3 itself does not.
+    secrets_manager_endpoint: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw_strategy = env.get("ROTATION_STRATEGY", StrategyName.AUTO.value).strip().lower() or "auto"
+        try:
+            strategy = StrategyName(raw_strategy)
+        except ValueError:
+            allowed = ", ".join(s.value for s in StrategyName)
+            raise ConfigurationError(f"ROTATION_STRATEGY must be one of {allowed}, got {raw_strategy!r}") from None
+        raw_timeout = env.get("PGCONNECT_TIMEOUT", str(DEFAULT_CONNECT_TIMEOUT)).strip()
+        try:
+            timeout = int(raw_timeout)
+        except ValueError:
+            raise ConfigurationError(f"PGCONNECT_TIMEOUT must be whole seconds, got {raw_timeout!r}") from None
+        if timeout < MIN_CONNECT_TIMEOUT:
+            raise ConfigurationError(f"PGCONNECT_TIMEOUT must be at least {MIN_CONNECT_TIMEOUT} seconds")
+        return cls(
+            strategy=strategy,
+            password_policy=PasswordPolicy.from_env(env),
+            connect_timeout=timeout,
+            ssl_root_cert=env.get("PGSSLROOTCERT") or None,
+            secrets_manager_endpoint=env.get("SECRETS_MANAGER_ENDPOINT") or None,
+        )

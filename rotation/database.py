@@ -1,0 +1,216 @@
+"""PostgreSQL behind the :class:`~rotation.ports.Database` interface, on psycopg 3.
+
+Each method opens its own short connection, does one idempotent thing and closes it, so any method can be
+retried after any failure. Passwords reach the server only as SCRAM-SHA-256 verifiers computed here by
+libpq: statement logs, pg_stat_statements and audit extensions never see a plaintext password.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from rotation.credentials import DatabaseCredentials
+from rotation.exceptions import (
+    DatabaseError,
+    DatabaseUnreachable,
+    LoginRefused,
+    PrivilegeError,
+    TLSError,
+    VerificationError,
+)
+
+APPLICATION_NAME = "secrets-rotation"
+_TLS_MARKERS = ("ssl", "certificate", "tls")
+_UNREACHABLE_MARKERS = {
+    "timeout expired": "no answer within {timeout} s: check the security groups, subnets and route tables",
+    "connection refused": "the TCP connection was refused: is the server running and the port right?",
+    "could not translate host name": "the host name does not resolve (DNS)",
+    "name or service not known": "the host name does not resolve (DNS)",
+    "no route to host": "no route to the host: check subnets and route tables",
+    "network is unreachable": "network unreachable: check subnets and route tables",
+}
+
+
+def scram_verifier(conn: psycopg.Connection, username: str, password: str) -> str:
+    """Compute the SCRAM-SHA-256 verifier client-side; the server stores it as is."""
+    return conn.pgconn.encrypt_password(password.encode(), username.encode(), b"scram-sha-256").decode()
+
+
+def _server_reason(exc: Exception, creds: DatabaseCredentials) -> str:
+    """The server's or libpq's own words, minus any chance of echoing the password."""
+    text = str(exc).strip().splitlines()
+    reason = text[-1] if text else type(exc).__name__
+    reason = re.sub(r"^(connection failed: )?", "", reason)
+    if creds.password and creds.password in reason:
+        reason = reason.replace(creds.password, "<redacted>")
+    return reason
+
+
+def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredentials,
+                           timeout: int) -> DatabaseError:
+    """Turn libpq's connection failure into the one of our errors an operator can act on."""
+    message = str(exc).lower()
+    who = f"user {creds.username!r} at {creds.address}/{creds.dbname}"
+    # Authentication failures carry no SQLSTATE: the message is all there is.
+    if "password authentication failed" in message or "authentication failed" in message:
+        return LoginRefused(f"login refused for {who}: wrong password or no such role")
+    if "no pg_hba.conf entry" in message or "pg_hba.conf rejects" in message:
+        return LoginRefused(f"login refused for {who}: pg_hba.conf has no entry admitting it "
+                            f"(sslmode={creds.sslmode})")
+    if "does not exist" in message and "database" in message:
+        return LoginRefused(f"login refused for {who}: database {creds.dbname!r} does not exist")
+    for marker, explanation in _UNREACHABLE_MARKERS.items():
+        if marker in message:
+            return DatabaseUnreachable(f"cannot reach {creds.address}: {explanation.format(timeout=timeout)}")
+    if any(marker in message for marker in _TLS_MARKERS):
+        return TLSError(
+            f"TLS to {creds.address} failed with sslmode={creds.sslmode}: {_server_reason(exc, creds)}. "
+            "Set PGSSLROOTCERT to the CA bundle that signed the server certificate (for RDS/Aurora, the RDS "
+            "global bundle), or set the secret's 'ssl' key explicitly"
+        )
+    return DatabaseError(f"could not connect as {who}: {_server_reason(exc, creds)}")
+
+
+class PostgresDatabase:
+    def __init__(self, connect_timeout: int = 5, ssl_root_cert: str | None = None) -> None:
+        self._timeout = connect_timeout
+        self._ssl_root_cert = ssl_root_cert
+        #: Connection attempts made by this adapter; the benchmark reads it.
+        self.connection_attempts = 0
+
+    def connect_params(self, creds: DatabaseCredentials) -> dict[str, object]:
+        params: dict[str, object] = {
+            "host": creds.host,
+            "port": creds.port,
+            "dbname": creds.dbname,
+            "user": creds.username,
+            "password": creds.password,
+            "connect_timeout": self._timeout,
+            "sslmode": creds.sslmode,
+            "application_name": APPLICATION_NAME,
+        }
+        if creds.sslmode in {"verify-ca", "verify-full"}:
+            # "system" is libpq's (16+) name for the platform trust store; never a hard-coded path.
+            params["sslrootcert"] = self._ssl_root_cert or "system"
+        return params
+
+    @contextmanager
+    def connect(self, creds: DatabaseCredentials) -> Iterator[psycopg.Connection]:
+        self.connection_attempts += 1
+        try:
+            conn = psycopg.connect(**self.connect_params(creds), autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise classify_connect_error(exc, creds, self._timeout) from exc
+        try:
+            yield conn
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PrivilegeError(f"user {creds.username!r} at {creds.address}: {_diag(exc)}") from exc
+        except psycopg.Error as exc:
+            raise DatabaseError(f"as user {creds.username!r} at {creds.address}: {_diag(exc)}") from exc
+        finally:
+            conn.close()
+
+    def can_login(self, creds: DatabaseCredentials) -> bool:
+        try:
+            with self.connect(creds):
+                return True
+        except LoginRefused:
+            return False
+
+    def change_own_password(self, creds: DatabaseCredentials, new_password: str) -> None:
+        with self.connect(creds) as conn:
+            _alter_password(conn, creds.username, new_password)
+
+    def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
+        with self.connect(admin) as conn:
+            if not _role_exists(conn, username):
+                raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
+            _alter_password(conn, username, new_password)
+
+    def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
+                          acts_as: str | None) -> bool:
+        with self.connect(admin) as conn, conn.transaction():
+            # The transaction makes create + membership + settings one unit: a crash leaves either no
+            # role or a complete one, and the retry takes the same path again.
+            role = sql.Identifier(username)
+            verifier = sql.Literal(scram_verifier(conn, username, new_password))
+            created = not _role_exists(conn, username)
+            if created:
+                conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+            else:
+                conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+            if acts_as is not None:
+                _act_as(conn, username, acts_as)
+            return created
+
+    def verify(self, creds: DatabaseCredentials, member_of: str | None) -> None:
+        with self.connect(creds) as conn:
+            session_user, holds = conn.execute(
+                "SELECT session_user::text, "
+                "CASE WHEN %(role)s::text IS NULL THEN true "
+                "     WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s) THEN NULL "
+                "     ELSE pg_has_role(session_user, %(role)s, 'USAGE') END",
+                {"role": member_of if member_of != creds.username else None},
+            ).fetchone()
+        if session_user != creds.username:
+            raise VerificationError(
+                f"logged in with the pending secret but the session user is {session_user!r}, "
+                f"not {creds.username!r}"
+            )
+        if holds is None:
+            raise VerificationError(f"role {member_of!r}, whose privileges {creds.username!r} should hold, "
+                                    f"does not exist at {creds.address}")
+        if not holds:
+            raise VerificationError(f"user {creds.username!r} does not hold the privileges of {member_of!r}")
+
+
+def _diag(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    parts = [diag.message_primary or type(exc).__name__]
+    if diag.message_detail:
+        parts.append(diag.message_detail)
+    if diag.sqlstate:
+        parts.append(f"(SQLSTATE {diag.sqlstate})")
+    return " ".join(parts)
+
+
+def _role_exists(conn: psycopg.Connection, username: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone() is not None
+
+
+def _alter_password(conn: psycopg.Connection, username: str, new_password: str) -> None:
+    verifier = scram_verifier(conn, username, new_password)
+    conn.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(username), sql.Literal(verifier)))
+
+
+def _act_as(conn: psycopg.Connection, username: str, original: str) -> None:
+    """Make the alternate user a member of the original role that works *as* it.
+
+    Membership gives the original's privileges. ``SET role`` as a per-role default makes objects the
+    alternate creates belong to the original role, so nothing becomes unreadable after the next swap
+    (AWS's clones own what they create). The original's own per-role settings (for example
+    ``default_transaction_read_only``) are copied, since they apply by login role.
+    """
+    member, group = sql.Identifier(username), sql.Identifier(original)
+    is_member = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (username, original)).fetchone()[0]
+    if not is_member:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(group, member))
+    settings = conn.execute(
+        "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+        "WHERE r.rolname = %s AND s.setdatabase = 0",
+        (original,),
+    ).fetchall()
+    for (setting,) in settings:
+        name, _, value = setting.partition("=")
+        # A list-valued setting (search_path) is stored pre-quoted; re-setting it from one literal would turn
+        # the list into a single element, so those stay with the original role.
+        if name.lower() == "role" or "," in value:
+            continue
+        guc = sql.Identifier(*name.split("."))
+        conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(member, guc, sql.Literal(value)))
+    conn.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(member, sql.Literal(original)))

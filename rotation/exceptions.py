@@ -1,0 +1,106 @@
+"""The project's one error hierarchy.
+
+Every failure the rotation or bootstrap function can report is a :class:`RotationError`. Messages name the
+secret, the user, the host and the reason, and never a password, a secret value or a SCRAM verifier: they end
+up in CloudWatch Logs and in the Secrets Manager console. Adapters translate boto3/psycopg exceptions at the
+boundary with ``raise ... from exc`` so the original stays available to a debugger but the message is ours.
+"""
+
+from __future__ import annotations
+
+
+class RotationError(Exception):
+    """Base class: anything the project raises on purpose."""
+
+    #: A short machine-friendly name, used as the ``error`` key in logs and reports.
+    code = "RotationError"
+
+
+class ConfigurationError(RotationError):
+    """The function's environment (password policy, strategy, timeouts) is invalid."""
+
+    code = "ConfigurationError"
+
+
+class InvalidEventError(RotationError):
+    """The invocation event is not a rotation/bootstrap event we understand."""
+
+    code = "InvalidEvent"
+
+
+class SecretFormatError(RotationError):
+    """A secret's value is not a usable "Amazon RDS database credentials" JSON document."""
+
+    code = "SecretFormatError"
+
+
+class RotationStateError(RotationError):
+    """The secret's versions are not in a state in which this step may run (rotation off, token not pending)."""
+
+    code = "RotationStateError"
+
+
+class SecretsManagerError(RotationError):
+    """A Secrets Manager API call failed."""
+
+    code = "SecretsManagerError"
+
+
+class SecretsManagerUnreachable(SecretsManagerError):
+    """No network route to the Secrets Manager endpoint (the classic missing VPC endpoint / NAT)."""
+
+    code = "SecretsManagerUnreachable"
+
+
+class PendingValueMissing(SecretsManagerError):
+    """The AWSPENDING version exists but holds no value yet (createSecret has not stored it)."""
+
+    code = "PendingValueMissing"
+
+
+class DatabaseError(RotationError):
+    """A PostgreSQL operation failed."""
+
+    code = "DatabaseError"
+
+
+class DatabaseUnreachable(DatabaseError):
+    """The database host does not resolve or its port does not answer within the connect timeout."""
+
+    code = "DatabaseUnreachable"
+
+
+class TLSError(DatabaseError):
+    """TLS was required but the handshake or the certificate verification failed."""
+
+    code = "TLSError"
+
+
+class LoginRefused(DatabaseError):
+    """The server answered but refused these credentials."""
+
+    code = "LoginRefused"
+
+
+class PrivilegeError(DatabaseError):
+    """Logged in, but the role may not do what the step needs (alter a role, create a role, grant)."""
+
+    code = "PrivilegeError"
+
+
+class VerificationError(DatabaseError):
+    """testSecret logged in, but the session is not who or what the secret says it should be."""
+
+    code = "VerificationError"
+
+
+class BootstrapError(RotationError):
+    """The bootstrap function could not create or reconcile the read-only role and its secret."""
+
+    code = "BootstrapError"
+
+
+class LocalToolError(RotationError):
+    """Local tooling (demo, embedded PostgreSQL, moto server) is missing a binary, a package or a port."""
+
+    code = "LocalToolError"

@@ -1,0 +1,52 @@
+"""Lambda entry points. Thin on purpose: parse the event, build the adapters, dispatch, log.
+
+Imports are kept light: psycopg is only imported when a step needs the database (createSecret and
+finishSecret never do), which keeps cold starts short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rotation.config import Settings
+from rotation.events import PreflightEvent, RotationEvent
+from rotation.observability import annotate, logged_failure, logger, start_invocation, step_metrics
+from rotation.protocol import Rotation
+from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
+
+
+def build_database(settings: Settings):
+    from rotation.database import PostgresDatabase
+
+    return PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert)
+
+
+def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Secrets Manager's rotation entry point; also answers ``{"Preflight": true, "SecretId": ...}``."""
+    start_invocation(context)
+    if PreflightEvent.matches(event):
+        from rotation.preflight import run_preflight
+
+        return run_preflight(PreflightEvent.parse(event))
+    step_name = event.get("Step") if isinstance(event, dict) else None
+    with step_metrics("RotationStep", str(step_name)), logged_failure():
+        request = RotationEvent.parse(event)
+        annotate(step=request.step.value, secret_id=request.secret_id, token=request.token)
+        settings = Settings.from_env()
+        rotation = Rotation(
+            store=SecretsManagerStore(secrets_manager_client(settings.secrets_manager_endpoint)),
+            database=lambda: build_database(settings),
+            settings=settings,
+            annotate=annotate,
+        )
+        outcome = rotation.run(request)
+        logger.info(outcome.action, extra={"changed": outcome.changed})
+        return {"step": outcome.step.value, "action": outcome.action, "changed": outcome.changed}
+
+
+def bootstrap(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Create the read-only role, its login user and its secret (direct or CloudFormation custom resource)."""
+    start_invocation(context)
+    from rotation.bootstrap import handle
+
+    return handle(event, context)

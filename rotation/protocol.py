@@ -1,0 +1,276 @@
+"""The rotation protocol: createSecret, setSecret, testSecret, finishSecret.
+
+Knows nothing of boto3 or psycopg: it drives a :class:`~rotation.ports.SecretStore` and a
+:class:`~rotation.ports.Database`. Each step re-reads the state it needs and converges, because Secrets
+Manager retries whole rotations with the same token after any failure, and a Lambda can die at any line.
+
+Secrets Manager calls per full rotation (the budget is in benchmarks/): createSecret 4 (describe, current,
+pending probe, put), setSecret 3 (+1 admin secret for alternating users), testSecret 2, finishSecret 2.
+Database connections: setSecret 1 (alternating: 2, the confused-deputy check and the admin), testSecret 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rotation.config import Settings, StrategyName
+from rotation.credentials import DatabaseCredentials, check_identifier, parse_secret_string
+from rotation.events import RotationEvent, Step
+from rotation.exceptions import LoginRefused, PendingValueMissing, RotationStateError, SecretFormatError
+from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, Database, SecretMetadata, SecretStore
+
+CLONE_SUFFIX = "_clone"
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    step: Step
+    #: What happened, in words fit for a log line or a CLI report.
+    action: str
+    changed: bool
+    strategy: str | None = None
+    username: str | None = None
+
+
+def toggle_clone(username: str) -> str:
+    """The alternate user of ``username``: AWS's ``_clone`` convention, so secrets migrate as they are."""
+    if username.endswith(CLONE_SUFFIX):
+        return username[: -len(CLONE_SUFFIX)]
+    return check_identifier(username + CLONE_SUFFIX, "alternate username")
+
+
+def original_role(username: str) -> str:
+    return username.removesuffix(CLONE_SUFFIX)
+
+
+class _Reads:
+    """Secret reads for one step, parsed and named for error messages."""
+
+    def __init__(self, store: SecretStore, metadata: SecretMetadata) -> None:
+        self._store = store
+        self.metadata = metadata
+
+    def user(self, stage: str, version_id: str | None = None) -> DatabaseCredentials:
+        source = f"{stage} version of secret {self.metadata.arn}"
+        raw = self._store.get_secret_string(self.metadata.arn, stage, version_id)
+        return DatabaseCredentials.from_secret(parse_secret_string(raw, source), source)
+
+    def admin(self, user: DatabaseCredentials) -> DatabaseCredentials:
+        if not user.masterarn:
+            raise SecretFormatError(
+                f"secret {self.metadata.arn} has no 'masterarn' key: this strategy needs the ARN of the admin "
+                "secret that may change this user's password"
+            )
+        source = f"admin secret {user.masterarn} (masterarn of {self.metadata.arn})"
+        document = parse_secret_string(self._store.get_secret_string(user.masterarn, AWSCURRENT), source)
+        _refuse_foreign_admin(document, user, source)
+        return DatabaseCredentials.admin_from_secret(document, source, fallback=user)
+
+
+def _refuse_foreign_admin(admin_document: dict[str, Any], user: DatabaseCredentials, source: str) -> None:
+    """Confused-deputy guard: never send admin credentials to a host other than the admin's own server.
+
+    Whoever can edit the user secret can change its host; if we followed it, the admin's SCRAM exchange
+    would go to their server. An RDS-managed admin secret has no host: then the AWSCURRENT login check
+    (alternating users) or the user's own secret is all we have, as in AWS's functions.
+    """
+    admin_host = admin_document.get("host")
+    if admin_host is None or admin_host == user.host:
+        return
+    admin_cluster = admin_document.get("dbClusterIdentifier")
+    if admin_cluster and admin_cluster == user.document.get("dbClusterIdentifier"):
+        return
+    raise RotationStateError(
+        f"{source} is for host {admin_host!r} but the user secret points at {user.host!r}; refusing to use admin "
+        "credentials against a different host (set the same host, or the same dbClusterIdentifier, in both)"
+    )
+
+
+def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCredentials, arn: str) -> None:
+    """createSecret copies AWSCURRENT; a pending version aimed elsewhere was not written by us."""
+    if (pending.host, pending.port, pending.dbname) != (current.host, current.port, current.dbname):
+        raise RotationStateError(
+            f"AWSPENDING of secret {arn} points at {pending.address}/{pending.dbname} but AWSCURRENT at "
+            f"{current.address}/{current.dbname}; refusing to set a password on a different database"
+        )
+
+
+class SingleUser:
+    name = StrategyName.SINGLE_USER
+
+    def pending_username(self, current: DatabaseCredentials) -> str:
+        return current.username
+
+    def member_of(self, pending: DatabaseCredentials) -> str | None:
+        return None
+
+    def set_password(self, reads: _Reads, db: Database, current: DatabaseCredentials,
+                     pending: DatabaseCredentials) -> str:
+        if pending.username != current.username:
+            raise RotationStateError(
+                f"AWSPENDING of secret {reads.metadata.arn} is for user {pending.username!r} but AWSCURRENT is "
+                f"for {current.username!r}; single-user rotation changes one user's password only"
+            )
+        if current.masterarn:
+            # rds.restrict_password_commands: only rds_password members may change passwords, so the
+            # user cannot change its own; the admin secret does it instead.
+            db.set_password(reads.admin(current), pending.username, pending.password)
+            return f"password of {pending.username!r} changed by the admin secret"
+        try:
+            db.change_own_password(current, pending.password)
+            return f"password of {pending.username!r} changed with the AWSCURRENT credentials"
+        except LoginRefused:
+            if db.can_login(pending):
+                return "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
+            previous = self._previous(reads)
+            if previous is not None:
+                try:
+                    db.change_own_password(previous, pending.password)
+                    return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials"
+                except LoginRefused:
+                    pass
+        raise LoginRefused(
+            f"user {pending.username!r} at {current.address} accepts none of the AWSCURRENT, AWSPENDING or "
+            f"AWSPREVIOUS passwords of secret {reads.metadata.arn}; reset it (rotation repair explains how)"
+        )
+
+    @staticmethod
+    def _previous(reads: _Reads) -> DatabaseCredentials | None:
+        if reads.metadata.version_with(AWSPREVIOUS) is None:
+            return None
+        return reads.user(AWSPREVIOUS)
+
+
+class AlternatingUsers:
+    name = StrategyName.ALTERNATING_USERS
+
+    def pending_username(self, current: DatabaseCredentials) -> str:
+        return toggle_clone(current.username)
+
+    def member_of(self, pending: DatabaseCredentials) -> str | None:
+        return original_role(pending.username)
+
+    def set_password(self, reads: _Reads, db: Database, current: DatabaseCredentials,
+                     pending: DatabaseCredentials) -> str:
+        expected = toggle_clone(current.username)
+        if pending.username != expected:
+            raise RotationStateError(
+                f"AWSPENDING of secret {reads.metadata.arn} is for user {pending.username!r}; alternating users "
+                f"expects {expected!r} (the alternate of AWSCURRENT's {current.username!r})"
+            )
+        # The admin secret can change any role's password: only act for a secret whose current
+        # credentials prove it belongs to a working user on that server (confused-deputy guard).
+        if not db.can_login(current):
+            raise LoginRefused(
+                f"AWSCURRENT of secret {reads.metadata.arn} (user {current.username!r}) no longer logs in at "
+                f"{current.address}; refusing to use the admin secret for it"
+            )
+        original = original_role(pending.username)
+        acts_as = original if pending.username != original else None
+        created = db.ensure_login_role(reads.admin(current), pending.username, pending.password, acts_as)
+        if created:
+            return f"created {pending.username!r} as a login member of {original!r}"
+        return f"password of {pending.username!r} changed by the admin secret"
+
+
+Strategy = SingleUser | AlternatingUsers
+
+
+def choose_strategy(setting: StrategyName, secret: DatabaseCredentials, arn: str) -> Strategy:
+    if setting is StrategyName.ALTERNATING_USERS:
+        if not secret.masterarn:
+            raise SecretFormatError(
+                f"secret {arn} has no 'masterarn' key, which ROTATION_STRATEGY=alternating-users requires"
+            )
+        return AlternatingUsers()
+    if setting is StrategyName.SINGLE_USER:
+        return SingleUser()
+    return AlternatingUsers() if secret.masterarn else SingleUser()
+
+
+class Rotation:
+    """One invocation's worth of protocol. The database is built lazily: two of the four steps never need it."""
+
+    def __init__(self, store: SecretStore, database: Callable[[], Database], settings: Settings,
+                 annotate: Callable[..., None] = lambda **_: None) -> None:
+        self._store = store
+        self._database_factory = database
+        self._settings = settings
+        self._annotate = annotate
+
+    def run(self, event: RotationEvent) -> StepOutcome:
+        metadata = self._store.describe(event.secret_id)
+        self._annotate(secret_arn=metadata.arn)
+        skip = self._check_token(metadata, event)
+        if skip is not None:
+            return skip
+        steps = {
+            Step.CREATE: self._create_secret,
+            Step.SET: self._set_secret,
+            Step.TEST: self._test_secret,
+            Step.FINISH: self._finish_secret,
+        }
+        return steps[event.step](event, _Reads(self._store, metadata))
+
+    @staticmethod
+    def _check_token(metadata: SecretMetadata, event: RotationEvent) -> StepOutcome | None:
+        if not metadata.rotation_enabled:
+            raise RotationStateError(f"rotation is not enabled for secret {metadata.arn}")
+        stages = metadata.versions.get(event.token)
+        if stages is None:
+            raise RotationStateError(f"token {event.token} is not a version of secret {metadata.arn}")
+        if AWSCURRENT in stages:
+            return StepOutcome(event.step, f"version {event.token} is already AWSCURRENT; nothing to do", False)
+        if AWSPENDING not in stages:
+            raise RotationStateError(
+                f"version {event.token} of secret {metadata.arn} is not staged AWSPENDING "
+                f"(its labels: {', '.join(sorted(stages)) or 'none'})"
+            )
+        return None
+
+    def _strategy(self, secret: DatabaseCredentials, arn: str) -> Strategy:
+        strategy = choose_strategy(self._settings.strategy, secret, arn)
+        self._annotate(strategy=str(strategy.name), username=secret.username)
+        return strategy
+
+    def _create_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+        arn = reads.metadata.arn
+        current = reads.user(AWSCURRENT)
+        strategy = self._strategy(current, arn)
+        try:
+            self._store.get_secret_string(arn, AWSPENDING, event.token)
+        except PendingValueMissing:
+            pass
+        else:
+            return StepOutcome(event.step, "AWSPENDING already holds a value (a retry); kept as is", False,
+                               strategy.name, current.username)
+        username = strategy.pending_username(current)
+        document = current.replaced(username=username, password=self._settings.password_policy.generate())
+        self._store.put_pending(arn, event.token, json.dumps(document), event.rotation_token)
+        return StepOutcome(event.step, f"stored new credentials for {username!r} as AWSPENDING", True,
+                           strategy.name, username)
+
+    def _set_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+        arn = reads.metadata.arn
+        current = reads.user(AWSCURRENT)
+        pending = reads.user(AWSPENDING, event.token)
+        strategy = self._strategy(current, arn)
+        _refuse_redirected_pending(current, pending, arn)
+        action = strategy.set_password(reads, self._database_factory(), current, pending)
+        return StepOutcome(event.step, action, True, strategy.name, pending.username)
+
+    def _test_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+        # AWSPENDING was copied from AWSCURRENT, masterarn included, so it alone tells the strategy.
+        pending = reads.user(AWSPENDING, event.token)
+        strategy = self._strategy(pending, reads.metadata.arn)
+        self._database_factory().verify(pending, strategy.member_of(pending))
+        return StepOutcome(event.step, f"AWSPENDING logs in as {pending.username!r} with the expected privileges",
+                           False, strategy.name, pending.username)
+
+    def _finish_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+        current_version = reads.metadata.version_with(AWSCURRENT)
+        self._store.move_current(reads.metadata.arn, event.token, current_version)
+        return StepOutcome(event.step, f"AWSCURRENT moved to version {event.token} from {current_version}", True)

@@ -1,0 +1,125 @@
+"""Secrets Manager behind the :class:`~rotation.ports.SecretStore` interface, on boto3.
+
+One client per container and endpoint: a Lambda container serves many invocations, and building a boto3
+client costs tens of milliseconds. Short connect timeouts and bounded retries turn "no route to Secrets
+Manager" (a private subnet without an interface endpoint or NAT) into a clear error in seconds, instead of
+a silent hang until the Lambda's own timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from rotation.exceptions import PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
+from rotation.ports import AWSCURRENT, SecretMetadata
+
+NO_ROUTE_FIX = (
+    "a function in a private subnet needs an interface VPC endpoint for secretsmanager with private DNS "
+    "enabled, or a NAT gateway, and a security group that allows outbound HTTPS (443)"
+)
+
+#: Rotation: three attempts of at most 3 s to connect, so a missing route fails in ~10 s, well inside the
+#: function's timeout, and a transient throttle is retried.
+ROTATION_CLIENT_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=10,
+    retries={"max_attempts": 3, "mode": "standard"},
+    user_agent_extra="aurora-postgres-rotation",
+)
+
+
+@functools.cache
+def _cached_client(endpoint_url: str | None, region: str | None, env_endpoints: tuple[str | None, ...],
+                   config: Config):
+    del env_endpoints  # part of the cache key only: boto3 reads these itself when the client is built
+    return boto3.session.Session().client(
+        "secretsmanager", endpoint_url=endpoint_url, region_name=region, config=config
+    )
+
+
+def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROTATION_CLIENT_CONFIG):
+    """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else boto3's own resolution."""
+    env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER"), os.environ.get("AWS_ENDPOINT_URL"))
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _cached_client(endpoint_url, region, env_endpoints, config)
+
+
+class SecretsManagerStore:
+    def __init__(self, client) -> None:
+        self._client = client
+
+    @property
+    def endpoint(self) -> str:
+        return self._client.meta.endpoint_url
+
+    def _call(self, operation: str, secret_id: str, **kwargs):
+        try:
+            return getattr(self._client, operation)(SecretId=secret_id, **kwargs)
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise SecretsManagerUnreachable(
+                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"
+            ) from exc
+        except NoCredentialsError as exc:
+            raise SecretsManagerError(
+                "no AWS credentials found for Secrets Manager (execution role, profile or environment)"
+            ) from exc
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "Unknown")
+            if operation == "get_secret_value" and code == "ResourceNotFoundException" and "VersionId" in kwargs:
+                raise PendingValueMissing(
+                    f"version {kwargs['VersionId']} of secret {secret_id} has no value for stage "
+                    f"{kwargs.get('VersionStage')}"
+                ) from exc
+            raise SecretsManagerError(
+                f"{_pascal(operation)} on secret {secret_id} failed: {code}: {error.get('Message', '')}".rstrip()
+            ) from exc
+        except BotoCoreError as exc:
+            raise SecretsManagerError(f"{_pascal(operation)} on secret {secret_id} failed: {exc}") from exc
+
+    def describe(self, secret_id: str) -> SecretMetadata:
+        response = self._call("describe_secret", secret_id)
+        return SecretMetadata(
+            arn=response["ARN"],
+            name=response.get("Name", response["ARN"]),
+            rotation_enabled=bool(response.get("RotationEnabled")),
+            versions={
+                version: frozenset(stages) for version, stages in response.get("VersionIdsToStages", {}).items()
+            },
+        )
+
+    def get_secret_string(self, secret_id: str, stage: str = AWSCURRENT, version_id: str | None = None) -> str:
+        # Always name the stage: without it a stale version can come back after a stage move.
+        kwargs = {"VersionStage": stage}
+        if version_id is not None:
+            kwargs["VersionId"] = version_id
+        response = self._call("get_secret_value", secret_id, **kwargs)
+        return response.get("SecretString")
+
+    def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:
+        kwargs = {"ClientRequestToken": token, "SecretString": secret_string, "VersionStages": ["AWSPENDING"]}
+        if rotation_token:
+            kwargs["RotationToken"] = rotation_token
+        self._call("put_secret_value", secret_id, **kwargs)
+
+    def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None:
+        kwargs = {"VersionStage": AWSCURRENT, "MoveToVersionId": to_version}
+        if from_version is not None:
+            kwargs["RemoveFromVersionId"] = from_version
+        self._call("update_secret_version_stage", secret_id, **kwargs)
+
+
+def _pascal(operation: str) -> str:
+    return "".join(part.title() for part in operation.split("_"))
