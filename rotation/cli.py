@@ -1,0 +1,65 @@
+"""The `rotation` command line (also `python -m rotation`).
+
+Each subcommand lives in its own module exposing ``HELP`` (one line), ``configure(parser)`` and
+``run(args) -> int``; this file only wires them, so features stay small and independent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from rotation.exceptions import RotationError
+
+#: name -> module. Modules are imported when the parser is built: `--help` must list every command.
+COMMANDS = {
+    "invoke": "rotation.commands.invoke",
+    "rotate": "rotation.commands.rotate",
+    "doctor": "rotation.commands.doctor",
+    "repair": "rotation.commands.repair",
+    "demo": "rotation.commands.demo",
+}
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rotation",
+        description="Secrets Manager rotation for Aurora PostgreSQL: invoke the handlers locally, rotate a "
+        "secret now, diagnose a failing rotation, repair a stuck one, or watch the whole story in a demo.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # a command whose module is not part of this build
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.configure(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except RotationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
