@@ -7,7 +7,9 @@ Metrics use Powertools' EphemeralMetrics: the regular Metrics class shares one m
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,25 @@ DEFAULT_SERVICE = "secrets-rotation"
 #: done; a default keeps a forgotten environment variable from turning successes into errors.
 DEFAULT_NAMESPACE = "SecretsRotation"
 
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE), utc=True)
+
+
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Write to whatever sys.stdout is at emit time, as Lambda's runtime and test capture both expect."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+logger = Logger(
+    service=os.environ.get("POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE),
+    utc=True,
+    logger_handler=_CurrentStdoutHandler(),
+)
 
 
 def annotate(**keys: object) -> None:
