@@ -1,0 +1,153 @@
+"""Invoke a Lambda handler in-process with an event file: `sam local invoke` without Docker.
+
+Runs rotation.handler.rotate (or .bootstrap) in this process with a Lambda-like context. The handler's JSON
+log lines (and its metrics) go to stdout as in Lambda, followed by the response: the handler's result as
+JSON, or {"errorType", "errorMessage"} when it failed.
+
+Secrets Manager and AWS credentials are found the way any boto3 program finds them: AWS_PROFILE,
+AWS_ENDPOINT_URL_SECRETS_MANAGER (a local moto server, say), AWS_REGION... nothing is special-cased.
+
+--env-from-template gives the handler the environment template.yaml declares for that function (Globals plus
+its own Variables, parameters at their Default values) and the context its Timeout and MemorySize. Variables
+already set in your environment win over the template's, so `PASSWORD_LENGTH=16 rotation invoke ...` tries
+a value without editing the template, and your AWS_* credential and endpoint variables are never replaced.
+Values only a deployed stack has (a resource's ARN, AWS::NoValue) are left unset, each with a note.
+
+examples:
+  rotation invoke events/createSecret.json --env-from-template
+  AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:5000 rotation invoke events/testSecret.json
+  rotation invoke events/bootstrap.json --function bootstrap
+
+exit status: 0 the handler returned, 1 the handler raised, 2 usage error (event or template unreadable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shlex
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+HELP = "run a handler in-process with an event file (sam local invoke without Docker)"
+
+#: --function -> (handler, the logical id it has when no template is read).
+FUNCTIONS = {
+    "rotate": ("rotation.handler.rotate", "RotationFunction"),
+    "bootstrap": ("rotation.handler.bootstrap", "BootstrapFunction"),
+}
+DEFAULT_TEMPLATE = "template.yaml"
+EXIT_OK, EXIT_FUNCTION_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class UsageProblem(Exception):
+    """The command line points at something unusable; reported with exit status 2, never a traceback."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("event", metavar="EVENT.json", help="the event to invoke with ('-' reads standard input)")
+    parser.add_argument("--function", choices=FUNCTIONS, default="rotate",
+                        help="which handler: rotate (the rotation function, default) or bootstrap")
+    parser.add_argument("--env-from-template", action="store_true",
+                        help="set the function's environment, Timeout and MemorySize from the SAM template")
+    parser.add_argument("--template", metavar="PATH",
+                        help=f"the SAM template to read (default: {DEFAULT_TEMPLATE}; implies --env-from-template)")
+
+
+def run(args: argparse.Namespace) -> int:
+    handler_path, default_name = FUNCTIONS[args.function]
+    try:
+        event = _load_event(args.event)
+        if args.env_from_template or args.template:
+            context, environment = _from_template(args.template or DEFAULT_TEMPLATE, handler_path)
+        else:
+            context, environment = _lambda_context(default_name), {}
+    except UsageProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with _environment(environment):
+        return _invoke(handler_path, event, context)
+
+
+def _load_event(path: str) -> Any:
+    source = "standard input" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageProblem(f"cannot read the event file {source}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageProblem(f"the event in {source} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                           f"{exc.colno}") from exc
+
+
+def _lambda_context(function_name: str, **config: Any):
+    from rotation.local.lambda_context import LambdaContext
+
+    return LambdaContext(function_name=function_name, **config)
+
+
+def _from_template(path: str, handler_path: str):
+    from rotation.exceptions import ConfigurationError, LocalToolError
+    from rotation.local.lambda_context import local_region
+    from rotation.local.template_env import function_config, load_template, plan_environment
+
+    try:
+        config = function_config(load_template(path), handler_path, local_region())
+    except (ConfigurationError, LocalToolError) as exc:
+        hint = "" if os.path.exists(path) else " (run from the project folder, or pass --template PATH)"
+        raise UsageProblem(f"{exc}{hint}") from exc
+    plan = plan_environment(config, os.environ)
+    lines = [f"environment from {path}, function {config.logical_id} (Timeout {config.timeout_seconds:g} s, "
+             f"MemorySize {config.memory_mb} MB):"]
+    if plan.apply:
+        lines.append("  set: " + " ".join(f"{name}={shlex.quote(value)}" for name, value in plan.apply.items()))
+    if plan.kept:
+        lines.append("  kept from your environment: " + ", ".join(plan.kept))
+    lines += [f"  note: {note}" for note in plan.notes]
+    print("\n".join(lines), file=sys.stderr)
+    context = _lambda_context(config.function_name, memory_limit_in_mb=config.memory_mb,
+                              timeout_seconds=config.timeout_seconds)
+    return context, plan.apply
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` for the invocation and put the environment back afterwards (callers may be in-process)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
+
+
+def _invoke(handler_path: str, event: Any, context: Any) -> int:
+    from rotation.exceptions import RotationError
+
+    # Imported only now, after the environment is set: the logger reads its service name and level at import,
+    # as it does in a Lambda container.
+    module_name, _, function_name = handler_path.rpartition(".")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        result = handler(event, context)
+    except Exception as exc:
+        # The response Lambda returns for a function error; the handler has already logged the details.
+        print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}), flush=True)
+        if not isinstance(exc, RotationError):
+            traceback.print_exc(file=sys.stderr)
+        print(f"{handler_path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FUNCTION_ERROR
+    print(json.dumps(result, default=str), flush=True)
+    return EXIT_OK
