@@ -67,6 +67,11 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
     for marker, explanation in _UNREACHABLE_MARKERS.items():
         if marker in message:
             return DatabaseUnreachable(f"cannot reach {creds.address}: {explanation.format(timeout=timeout)}")
+    if "does not support ssl" in message:
+        return TLSError(
+            f"{creds.address} does not offer TLS but the secret requires it (sslmode={creds.sslmode}); enable TLS "
+            "on the server, or set \"ssl\": false in the secret if an unencrypted connection is acceptable"
+        )
     if any(marker in message for marker in _TLS_MARKERS):
         return TLSError(
             f"TLS to {creds.address} failed with sslmode={creds.sslmode}: {_server_reason(exc, creds)}. "

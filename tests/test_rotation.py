@@ -1,0 +1,378 @@
+"""The rotation function end to end: real PostgreSQL (SCRAM over TCP, every statement logged), the Secrets
+Manager API over HTTP (moto server), the Lambda handler called as the service calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import assert_refused_insert, can_login, connect, select_titles
+from service import ALL_STEPS, invoke, resume, rotate
+
+from rotation import handler
+from rotation.events import Step
+from rotation.exceptions import (
+    DatabaseUnreachable,
+    InvalidEventError,
+    LoginRefused,
+    RotationStateError,
+    SecretFormatError,
+    SecretsManagerUnreachable,
+    TLSError,
+)
+from rotation.local.postgres import _make_certificates
+
+SINGLE, ALTERNATING = "single-user", "alternating-users"
+
+
+@pytest.fixture
+def master_arn(cluster: dict[str, Any], store_secret) -> str:
+    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def user_secret(make_app_user, store_secret, master_arn, request):
+    """Factory: (arn, secret) for a fresh app user, set up for ``strategy`` with any extra keys."""
+
+    def factory(strategy: str = SINGLE, name: str | None = None, **extra: Any) -> tuple[str, dict[str, Any]]:
+        secret = make_app_user(name)
+        if strategy == ALTERNATING:
+            secret["masterarn"] = master_arn
+        secret.update(extra)
+        return store_secret(secret), secret
+
+    return factory
+
+
+def current(sm, arn: str) -> dict[str, Any]:
+    return sm.value(arn, "AWSCURRENT")
+
+
+# --- the main story -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_consecutive_rotations(sm, user_secret, strategy):
+    arn, original = user_secret(strategy, team="analytics", dbClusterIdentifier="demo-cluster")
+    seen_passwords = {original["password"]}
+    previous = original
+    for round_ in range(3):
+        rotate(sm, arn)
+        new = current(sm, arn)
+        assert new["password"] not in seen_passwords
+        seen_passwords.add(new["password"])
+        assert can_login(new), "the new AWSCURRENT logs in"
+        assert select_titles(new) == ["Bananas"]
+        assert_refused_insert(new)
+        assert sm.value(arn, "AWSPREVIOUS") == previous
+        assert {k: v for k, v in new.items() if k not in ("username", "password")} == {
+            k: v for k, v in original.items() if k not in ("username", "password")
+        }, "every other key survives"
+        if strategy == SINGLE:
+            assert new["username"] == original["username"]
+            assert not can_login(previous), "the old single-user password is refused"
+        else:
+            expected = original["username"] + ("_clone" if round_ % 2 == 0 else "")
+            assert new["username"] == expected
+            assert can_login(previous), "alternating users: the previous user keeps working"
+            assert_refused_insert(previous)
+        previous = new
+    stages = sm.stages(arn)
+    assert sorted(label for labels in stages.values() for label in labels if label != "AWSPENDING") == [
+        "AWSCURRENT", "AWSPREVIOUS"]
+
+
+def test_alternating_clone_acts_as_the_original_role(sm, user_secret, pg, cluster):
+    """Lesson 1: objects the clone creates belong to the original role, so they stay usable after the swap."""
+    arn, original = user_secret(ALTERNATING)
+    with psycopg.connect(**pg.superuser_conninfo(cluster["dbname"]), autocommit=True) as conn:
+        schema = psycopg.sql.Identifier(f"s_{uuid.uuid4().hex[:6]}")
+        conn.execute(psycopg.sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+            schema, psycopg.sql.Identifier(original["username"])))
+    rotate(sm, arn)
+    clone = current(sm, arn)
+    assert clone["username"] == original["username"] + "_clone"
+    with connect(clone) as conn:
+        assert conn.execute("SELECT session_user, current_user").fetchone() == (clone["username"],
+                                                                               original["username"])
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {}.made_by_clone (id int)").format(schema))
+        owner = conn.execute(
+            psycopg.sql.SQL("SELECT tableowner FROM pg_tables WHERE tablename = 'made_by_clone'")).fetchone()[0]
+    assert owner == original["username"]
+    with connect(original) as conn:
+        conn.execute(psycopg.sql.SQL("INSERT INTO {}.made_by_clone VALUES (1)").format(schema))
+
+
+def test_alternating_with_an_rds_managed_master_secret(sm, user_secret, cluster, store_secret):
+    """A ManageMasterUserPassword secret holds only username and password; the host comes from the user."""
+    managed_arn = store_secret({"username": cluster["username"], "password": cluster["password"]})
+    arn, original = user_secret(ALTERNATING, masterarn=managed_arn)
+    rotate(sm, arn)
+    rotate(sm, arn)
+    assert current(sm, arn)["username"] == original["username"]
+    assert can_login(current(sm, arn))
+    assert can_login(sm.value(arn, "AWSPREVIOUS"))
+
+
+def test_single_user_rotation_through_the_admin_secret(sm, user_secret, monkeypatch):
+    """rds.restrict_password_commands: the user may not change its own password; the admin does it."""
+    monkeypatch.setenv("ROTATION_STRATEGY", SINGLE)
+    arn, original = user_secret(ALTERNATING)  # carries masterarn
+    rotate(sm, arn)
+    new = current(sm, arn)
+    assert new["username"] == original["username"]
+    assert can_login(new)
+    assert not can_login(original)
+
+
+# --- retries and crashes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_every_step_repeated(sm, user_secret, strategy):
+    arn, original = user_secret(strategy)
+    token = sm.stage_pending(arn)
+    for step in ALL_STEPS:
+        invoke(step, arn, token)
+        invoke(step, arn, token)
+    assert can_login(current(sm, arn))
+    assert current(sm, arn)["password"] != original["password"]
+
+
+@pytest.mark.parametrize("done", [1, 2, 3], ids=["after-create", "after-set", "after-test"])
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_interrupted_rotation_resumes_with_the_same_token(sm, user_secret, strategy, done):
+    arn, original = user_secret(strategy)
+    token = rotate(sm, arn, steps=ALL_STEPS[:done])
+    if strategy == ALTERNATING or done < 2:
+        assert can_login(current(sm, arn)), "AWSCURRENT keeps working while the rotation is unfinished"
+    # else: the documented single-user window: the password changed, AWSCURRENT not moved yet.
+    resume(arn, token)
+    assert can_login(current(sm, arn))
+    assert sm.value(arn, "AWSPREVIOUS") == original
+
+
+def test_step_after_the_rotation_finished_changes_nothing(sm, user_secret):
+    arn, _ = user_secret()
+    token = rotate(sm, arn)
+    after = current(sm, arn)
+    for step in ALL_STEPS:
+        assert invoke(step, arn, token)["changed"] is False
+    assert current(sm, arn) == after
+    assert can_login(after)
+
+
+# --- bad input: a clear error, and AWSCURRENT keeps working ---------------------------------------------
+
+@pytest.mark.parametrize(
+    ("event_change", "error", "message"),
+    [
+        pytest.param({"Step": "dropSecret"}, InvalidEventError, "unknown Step 'dropSecret'", id="unknown-step"),
+        pytest.param({"ClientRequestToken": None}, InvalidEventError, "missing the key 'ClientRequestToken'",
+                     id="no-token"),
+        pytest.param({"ClientRequestToken": "not-a-version"}, RotationStateError,
+                     "token not-a-version is not a version", id="unknown-token"),
+    ],
+)
+def test_malformed_events(sm, user_secret, event_change, error, message):
+    arn, original = user_secret()
+    token = sm.stage_pending(arn)
+    event = {"Step": "createSecret", "SecretId": arn, "ClientRequestToken": token, **event_change}
+    with pytest.raises(error, match=message):
+        handler.rotate({k: v for k, v in event.items() if v is not None}, None)
+    assert current(sm, arn) == original
+    assert can_login(original)
+
+
+def test_token_that_is_current_but_not_pending_is_refused(sm, user_secret):
+    arn, _ = user_secret()
+    current_version = next(v for v, labels in sm.stages(arn).items() if "AWSCURRENT" in labels)
+    rotate(sm, arn)
+    with pytest.raises(RotationStateError, match="is not staged AWSPENDING"):
+        invoke(Step.SET, arn, current_version)  # now AWSPREVIOUS
+
+
+def test_rotation_not_enabled_is_refused(sm, store_secret, make_app_user):
+    secret = make_app_user()
+    arn = store_secret(secret)
+    version = next(iter(sm.stages(arn)))
+    with pytest.raises(RotationStateError, match="rotation is not enabled"):
+        invoke(Step.CREATE, arn, version)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param({"engine": "mysql"}, "engine 'mysql'", id="wrong-engine"),
+        pytest.param({"engine": None}, "missing the key 'engine'", id="no-engine"),
+        pytest.param({"host": None}, "missing the key 'host'", id="no-host"),
+        pytest.param({"port": "five"}, "'port' must be a TCP port", id="bad-port"),
+        pytest.param({"ssl": "prefer"}, "'ssl' must be one of", id="downgrading-sslmode"),
+    ],
+)
+def test_malformed_secrets_fail_before_touching_anything(sm, store_secret, make_app_user, change, message):
+    secret = make_app_user()
+    broken = {k: v for k, v in {**secret, **change}.items() if v is not None}
+    arn = store_secret(broken)
+    token = sm.stage_pending(arn)
+    with pytest.raises(SecretFormatError, match=message) as raised:
+        invoke(Step.CREATE, arn, token)
+    assert arn in str(raised.value)
+    assert secret["password"] not in str(raised.value)
+    assert current(sm, arn) == broken
+    assert can_login(secret), "the database password is untouched"
+
+
+def test_alternating_without_masterarn_names_the_missing_key(sm, user_secret, monkeypatch):
+    monkeypatch.setenv("ROTATION_STRATEGY", ALTERNATING)
+    arn, original = user_secret(SINGLE)
+    with pytest.raises(SecretFormatError, match="no 'masterarn' key"):
+        rotate(sm, arn)
+    assert current(sm, arn) == original
+
+
+def test_pending_version_redirected_to_another_host_is_refused(sm, user_secret):
+    arn, original = user_secret()
+    token = rotate(sm, arn, steps=[Step.CREATE])
+    pending = sm.value(arn, "AWSPENDING", token)
+    # Someone with write access to the secret, but not the database, rewrites the pending version.
+    sm.client().put_secret_value(SecretId=arn, ClientRequestToken=token, VersionStages=["AWSPENDING"],
+                                 SecretString=json.dumps({**pending, "dbname": "postgres"}))
+    with pytest.raises(RotationStateError, match="refusing to set a password on a different database"):
+        invoke(Step.SET, arn, token)
+    assert can_login(original)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ['Quote"Role', "MixedCase", "dash-role", "semi;colon; DROP ROLE master_user", "sp ace", "émoji_ü"],
+)
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_awkward_role_names_rotate_and_inject_nothing(sm, user_secret, pg, strategy, name):
+    arn, original = user_secret(strategy, name=f"{name}_{uuid.uuid4().hex[:4]}")
+    rotate(sm, arn)
+    rotate(sm, arn)
+    new = current(sm, arn)
+    assert new["username"] == original["username"]
+    assert can_login(new)
+    assert_refused_insert(new)
+    with psycopg.connect(**pg.superuser_conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'master_user'").fetchone() is not None
+
+
+# --- secrets stay secret --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_no_password_in_function_logs_metrics_or_server_log(sm, user_secret, pg, cluster, capsys, strategy):
+    arn, original = user_secret(strategy)
+    rotate(sm, arn)
+    rotate(sm, arn)
+    output = capsys.readouterr().out
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any(line.get("message", "").startswith("stored new credentials") for line in lines)
+    assert any("_aws" in line and "RotationStepSucceeded" in line for line in lines), "EMF metrics emitted"
+    log_keys = {"step", "secret_arn", "token", "strategy", "username"}
+    assert any(log_keys <= line.keys() for line in lines)
+    passwords = {original["password"], current(sm, arn)["password"], sm.value(arn, "AWSPREVIOUS")["password"],
+                 cluster["password"]}
+    server_log = pg.server_log()
+    assert "ALTER ROLE" in server_log, "the server log really records statements"
+    for password in passwords:
+        assert password not in output
+        assert password not in server_log
+    assert re.search(r"PASSWORD 'SCRAM-SHA-256\$4096:", server_log), "only SCRAM verifiers reach the server"
+    assert "SCRAM-SHA-256$" not in output, "verifiers stay out of the function's logs"
+
+
+def test_failures_are_logged_with_their_kind(sm, user_secret, capsys):
+    arn, _ = user_secret(engine="mysql")
+    with pytest.raises(SecretFormatError):
+        rotate(sm, arn)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line.get("level") == "ERROR"]
+    assert errors and errors[0]["error"] == "SecretFormatError"
+    assert any("RotationStepFailed" in line for line in lines)
+
+
+# --- TLS and reachability -------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_user_secret(pg_tls, store_secret):
+    from rotation.local.aurora import create_app_role, setup_aurora_like
+
+    master = setup_aurora_like(pg_tls, master=f"m_{uuid.uuid4().hex[:6]}", dbname=f"db_{uuid.uuid4().hex[:6]}")
+
+    def factory(**extra: Any) -> tuple[str, dict[str, Any]]:
+        secret = {**create_app_role(pg_tls, master, f"tls_{uuid.uuid4().hex[:8]}"), "host": "localhost", **extra}
+        return store_secret(secret), secret
+
+    return factory
+
+
+def test_verify_full_with_the_ca_bundle_rotates(sm, tls_user_secret, pg_tls, monkeypatch):
+    monkeypatch.setenv("PGSSLROOTCERT", str(pg_tls.ca_file))
+    arn, original = tls_user_secret(ssl=True)
+    rotate(sm, arn)
+    new = current(sm, arn)
+    with connect(new, sslmode="verify-full", sslrootcert=str(pg_tls.ca_file)) as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    assert not can_login(original, sslmode="verify-full", sslrootcert=str(pg_tls.ca_file))
+
+
+def test_no_ssl_key_means_verify_full_and_an_unknown_ca_is_refused(sm, tls_user_secret, tmp_path, monkeypatch):
+    """No silent downgrade: without the right CA the rotation fails instead of connecting in plaintext."""
+    other_ca = _make_certificates(tmp_path)[0]
+    monkeypatch.setenv("PGSSLROOTCERT", str(other_ca))
+    arn, original = tls_user_secret()
+    del original["ssl"]
+    sm.client().put_secret_value(SecretId=arn, SecretString=json.dumps(original))
+    with pytest.raises(TLSError, match="sslmode=verify-full"):
+        rotate(sm, arn)
+    assert current(sm, arn) == original
+
+
+def test_ssl_true_against_a_server_without_tls_fails(sm, user_secret):
+    arn, original = user_secret(ssl=True)
+    with pytest.raises(TLSError, match=r"127.0.0.1:\d+ does not offer TLS but the secret requires it"):
+        rotate(sm, arn)
+    assert can_login({**original, "ssl": False})
+
+
+def test_unreachable_database_fails_fast_naming_host_and_port(sm, user_secret):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    arn, _ = user_secret(port=closed_port)
+    token = rotate(sm, arn, steps=[Step.CREATE])
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnreachable, match=f"127.0.0.1:{closed_port}"):
+        invoke(Step.SET, arn, token)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_SECRETS_MANAGER", "SECRETS_MANAGER_ENDPOINT"])
+def test_unreachable_secrets_manager_names_the_vpc_endpoint_fix(monkeypatch, variable):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.delenv("SECRETS_MANAGER_ENDPOINT")
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{closed_port}")
+    with pytest.raises(SecretsManagerUnreachable, match="interface VPC endpoint for secretsmanager"):
+        invoke(Step.CREATE, "arn:aws:secretsmanager:us-east-1:123456789012:secret:x", str(uuid.uuid4()))
+
+
+def test_wrong_current_password_is_reported_as_a_refused_login(sm, user_secret, pg, cluster):
+    arn, original = user_secret(ALTERNATING)
+    with psycopg.connect(**pg.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD NULL").format(
+            psycopg.sql.Identifier(original["username"])))
+    with pytest.raises(LoginRefused, match="refusing to use the admin secret"):
+        rotate(sm, arn)
