@@ -45,8 +45,8 @@ def check_token(token: str) -> str:
 class StagedPendingStore:
     """The real store, plus the empty AWSPENDING version RotateSecret would have staged for ``token``.
 
-    Only describe() differs, and only for this secret and only while the token is not a real version yet;
-    reading the staged version's value goes to the real API, which answers "no such version" exactly as the
+    Only describe() differs, and only for this secret: rotation is reported enabled, and the token labelled
+    AWSPENDING until createSecret makes it a real version. Reading the staged version's value goes to the real API, which answers "no such version" exactly as the
     service does for the empty version before createSecret.
     """
 
@@ -57,11 +57,15 @@ class StagedPendingStore:
 
     def describe(self, secret_id: str) -> SecretMetadata:
         metadata = self._inner.describe(secret_id)
-        if metadata.arn != self._arn or self._token in metadata.versions:
+        if metadata.arn != self._arn:
+            return metadata
+        # RotateSecret turns rotation on for good; the API offers no way to do that without a Lambda ARN.
+        metadata = dataclasses.replace(metadata, rotation_enabled=True)
+        if self._token in metadata.versions:
             return metadata
         versions = {version: stages - {AWSPENDING} for version, stages in metadata.versions.items()}
         versions[self._token] = frozenset({AWSPENDING})
-        return dataclasses.replace(metadata, rotation_enabled=True, versions=versions)
+        return dataclasses.replace(metadata, versions=versions)
 
     def get_secret_string(self, secret_id: str, stage: str, version_id: str | None = None) -> str:
         return self._inner.get_secret_string(secret_id, stage, version_id)
