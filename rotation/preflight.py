@@ -1,0 +1,638 @@
+"""Preflight: why would rotating this secret fail? One invocation, one report, back within ten seconds.
+
+Invoked as ``{"Preflight": true, "SecretId": ...}`` (the console's Test button) or locally as
+``rotation doctor``. The checks walk the path a rotation takes, in order: the Secrets Manager endpoint, the
+secret, its rotation state, the database's name, port and TLS, the AWSCURRENT login and, when the secret has
+a ``masterarn``, the admin secret and its role privileges. A failing check says what to change.
+
+Why the timeouts are short and every check runs under a deadline: the most common failure, a function in a
+private subnet with no route to Secrets Manager, otherwise shows up only as a Lambda timeout whose last log
+line is "Found credentials in environment variables". Each network wait is bounded (2 s, libpq's minimum
+connect timeout), a check that still overruns is abandoned on its thread, and no check starts once the report
+budget is spent, so the report always arrives, whatever hangs.
+
+Everything here is read-only: DescribeSecret, GetSecretValue, DNS, TCP, a TLS handshake, logins and catalog
+queries. Details and fixes never carry a password.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import NoCredentialsError, NoRegionError
+
+from rotation.config import Settings
+from rotation.credentials import DatabaseCredentials, parse_secret_string
+from rotation.database import PostgresDatabase
+from rotation.events import PreflightEvent
+from rotation.exceptions import (
+    DatabaseUnreachable,
+    LoginRefused,
+    RotationError,
+    RotationStateError,
+    SecretsManagerError,
+    SecretsManagerUnreachable,
+    TLSError,
+)
+from rotation.observability import logger
+from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
+from rotation.protocol import AlternatingUsers, Strategy, _Reads, choose_strategy, original_role, toggle_clone
+from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
+
+#: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
+REPORT_BUDGET_S = 9.0
+#: One network wait (connect, DNS, an answer). libpq rounds any connect_timeout below 2 s up to 2.
+NETWORK_TIMEOUT_S = 2
+#: A check doing one or two network round trips; above NETWORK_TIMEOUT_S so the check's own timeout, which
+#: names the problem, normally fires before the deadline guard's generic one.
+CHECK_LIMIT_S = 3.0
+#: Below this, starting another network check would only produce a guard timeout.
+MIN_CHECK_S = 0.5
+CERT_EXPIRY_WARNING_DAYS = 14
+
+#: One attempt, short timeouts: diagnosis, unlike rotation, must not retry its way past the report budget.
+PREFLIGHT_CLIENT_CONFIG = Config(
+    connect_timeout=NETWORK_TIMEOUT_S,
+    read_timeout=NETWORK_TIMEOUT_S,
+    retries={"total_max_attempts": 1, "mode": "standard"},
+    user_agent_extra="aurora-postgres-rotation-preflight",
+)
+
+#: PostgreSQL's SSLRequest: length 8, code 80877103. Every server answers it with one byte, 'S' or 'N', before
+#: any authentication, so it tells "PostgreSQL answers here" and "TLS is offered" without logging in.
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+NO_ROUTE_FIX = "add an interface VPC endpoint for secretsmanager with private DNS, or a NAT gateway"
+UNREADABLE_FIX = (
+    "check the secret id, and that the function's execution role may secretsmanager:DescribeSecret and "
+    "secretsmanager:GetSecretValue on it (and kms:Decrypt when it uses a customer managed key)"
+)
+MALFORMED_FIX = (
+    "store the secret as 'Amazon RDS database credentials' JSON: engine, host, port, username, password, dbname "
+    "(and masterarn, the admin secret's ARN, for alternating users)"
+)
+DNS_FIX = (
+    "check the secret's host key; from a VPC, the VPC needs DNS resolution and DNS hostnames enabled, and a "
+    "private hosted zone must be associated with it"
+)
+NETWORK_FIX = (
+    "check the security groups (the database's must allow inbound TCP on its port from the function's), the "
+    "function's subnets and their route tables and network ACLs (they must reach the database's subnets)"
+)
+TLS_FIX = (
+    "set PGSSLROOTCERT to the CA bundle that signed the server certificate (for RDS/Aurora, the RDS global "
+    "bundle); with verify-full the host in the secret must be a name the certificate carries (the cluster "
+    "endpoint, not a CNAME of it), or set the secret's ssl key to verify-ca"
+)
+PLAINTEXT_FIX = (
+    'set "ssl": true in the secret (verify-full) and PGSSLROOTCERT to the CA bundle (for Aurora, the RDS '
+    "global bundle)"
+)
+ADMIN_READ_FIX = (
+    "the execution role needs secretsmanager:GetSecretValue on the masterarn secret (and kms:Decrypt when it "
+    "uses a customer managed key); the masterarn key must hold that secret's full ARN"
+)
+CREATEROLE_FIX = (
+    "point masterarn at the cluster's master user secret (on Aurora it has CREATEROLE through rds_superuser), "
+    "or ALTER ROLE {admin} CREATEROLE as a superuser"
+)
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What one check found. ``learned`` feeds later checks; it is applied only when the check finished in time."""
+
+    status: Status
+    detail: str
+    fix: str | None = None
+    learned: Mapping[str, Any] = field(default_factory=dict)
+
+
+def ok(detail: str, **learned: Any) -> Finding:
+    return Finding(Status.OK, detail, learned=learned)
+
+
+def warn(detail: str, fix: str, **learned: Any) -> Finding:
+    return Finding(Status.WARN, detail, fix, learned=learned)
+
+
+def fail(detail: str, fix: str | None = None, **learned: Any) -> Finding:
+    return Finding(Status.FAIL, detail, fix, learned=learned)
+
+
+def skip(reason: str) -> Finding:
+    return Finding(Status.SKIP, f"skipped: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    status: Status
+    duration_ms: float
+    detail: str
+    fix: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status.value, "duration_ms": self.duration_ms,
+                "detail": self.detail, "fix": self.fix}
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightReport:
+    secret_id: str
+    checks: tuple[CheckResult, ...]
+    duration_ms: float
+    secret_arn: str | None = None
+
+    @property
+    def status(self) -> Status:
+        statuses = {check.status for check in self.checks}
+        for worst in (Status.FAIL, Status.WARN):
+            if worst in statuses:
+                return worst
+        return Status.OK
+
+    def count(self, status: Status) -> int:
+        return sum(check.status is status for check in self.checks)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{self.count(status)} {status.value}" for status in Status if self.count(status))
+        return f"preflight {self.status.value}: {counts} in {self.duration_ms / 1000:.1f} s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preflight": True,
+            "secret_id": self.secret_id,
+            "secret_arn": self.secret_arn,
+            "status": self.status.value,
+            "summary": self.summary(),
+            "duration_ms": self.duration_ms,
+            "changed": False,
+            "checks": [check.to_dict() for check in self.checks],
+        }
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What earlier checks established; a later check whose prerequisite is missing skips and says why."""
+
+    secret_id: str
+    env: Mapping[str, str]
+    settings: Settings = field(default_factory=Settings)
+    store: SecretsManagerStore | None = None
+    metadata: SecretMetadata | None = None
+    describe_error: SecretsManagerError | None = None
+    current_raw: str | None = field(default=None, repr=False)
+    current: DatabaseCredentials | None = None
+    strategy: Strategy | None = None
+    address: str | None = None
+    postgres_answers: bool = False
+    tls_offered: bool | None = None
+    admin: DatabaseCredentials | None = None
+    admin_row: tuple[int, bool, bool] | None = None
+    #: role name -> (is superuser, admin holds ADMIN OPTION on it)
+    target_roles: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
+
+    def passwords(self) -> list[str]:
+        return [creds.password for creds in (self.current, self.admin) if creds is not None and creds.password]
+
+
+class _CheckTimedOut(Exception):
+    pass
+
+
+def _within(seconds: float, function: Callable[[], Finding]) -> Finding:
+    """Run ``function`` on a daemon thread and give up after ``seconds``.
+
+    Every network call below has its own timeout; this is the backstop for what has none (a stuck DNS
+    resolver, a TLS peer that trickles bytes), so the report's deadline holds whatever the network does.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["finding"] = function()
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="preflight-check", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise _CheckTimedOut
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["finding"]
+
+
+def _fix_for(exc: RotationError, default: str | None) -> str | None:
+    if isinstance(exc, SecretsManagerUnreachable):
+        return NO_ROUTE_FIX
+    if isinstance(exc, DatabaseUnreachable):
+        return NETWORK_FIX
+    if isinstance(exc, TLSError):
+        return TLS_FIX
+    return default
+
+
+class Preflight:
+    """Runs the checks for one secret. ``env`` defaults to the process environment, as the handler's settings."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, *, budget_s: float = REPORT_BUDGET_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._env = os.environ if env is None else env
+        self._budget_s = budget_s
+        self._clock = clock
+        #: (name, check, fix for an error the check does not handle itself)
+        self._checks: tuple[tuple[str, Callable[[_Facts], Finding], str | None], ...] = (
+            ("configuration", self._configuration, "fix the function's environment variables"),
+            ("secrets_manager_endpoint", self._secrets_manager_endpoint, NO_ROUTE_FIX),
+            ("secret_readable", self._secret_readable, UNREADABLE_FIX),
+            ("secret_well_formed", self._secret_well_formed, MALFORMED_FIX),
+            ("rotation_state", self._rotation_state, None),
+            ("database_host_resolves", self._host_resolves, DNS_FIX),
+            ("database_port_answers", self._port_answers, NETWORK_FIX),
+            ("database_tls", self._tls, TLS_FIX),
+            ("current_login", self._current_login, None),
+            ("admin_secret_readable", self._admin_secret_readable, ADMIN_READ_FIX),
+            ("admin_login", self._admin_login, None),
+            ("admin_privileges", self._admin_privileges, None),
+        )
+
+    def run(self, secret_id: str) -> PreflightReport:
+        started = self._clock()
+        deadline = started + self._budget_s
+        facts = _Facts(secret_id=secret_id, env=self._env)
+        results = []
+        for name, check, default_fix in self._checks:
+            check_started = self._clock()
+            remaining = deadline - check_started
+            if remaining < MIN_CHECK_S:
+                finding = skip(f"the preflight's {self._budget_s:.0f} s budget is spent")
+            else:
+                finding = self._run_one(check, facts, min(CHECK_LIMIT_S, remaining), default_fix)
+            for key, value in finding.learned.items():
+                setattr(facts, key, value)
+            results.append(CheckResult(
+                name=name,
+                status=finding.status,
+                duration_ms=round((self._clock() - check_started) * 1000, 1),
+                detail=_redact(finding.detail, facts),
+                fix=_redact(finding.fix, facts) if finding.fix else None,
+            ))
+        return PreflightReport(
+            secret_id=secret_id,
+            checks=tuple(results),
+            duration_ms=round((self._clock() - started) * 1000, 1),
+            secret_arn=facts.metadata.arn if facts.metadata else None,
+        )
+
+    @staticmethod
+    def _run_one(check: Callable[[_Facts], Finding], facts: _Facts, limit: float,
+                 default_fix: str | None) -> Finding:
+        try:
+            return _within(limit, lambda: check(facts))
+        except _CheckTimedOut:
+            return fail(f"no result within {limit:.1f} s", default_fix)
+        except RotationError as exc:
+            return fail(str(exc), _fix_for(exc, default_fix))
+        except Exception as exc:
+            return fail(f"unexpected {type(exc).__name__}: {exc}", default_fix)
+
+    # ------------------------------------------------------------------------------------------ Secrets Manager
+
+    @staticmethod
+    def _configuration(facts: _Facts) -> Finding:
+        settings = Settings.from_env(facts.env)
+        endpoint = settings.secrets_manager_endpoint or facts.env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+        return ok(
+            f"strategy {settings.strategy.value}, PGCONNECT_TIMEOUT {settings.connect_timeout} s, "
+            f"CA bundle {settings.ssl_root_cert or 'system trust store'}, "
+            f"Secrets Manager endpoint {endpoint or 'resolved by boto3'}",
+            settings=settings,
+        )
+
+    @staticmethod
+    def _secrets_manager_endpoint(facts: _Facts) -> Finding:
+        # DescribeSecret doubles as the reachability probe: any HTTP answer, even an error, proves the route.
+        try:
+            store = SecretsManagerStore(
+                secrets_manager_client(facts.settings.secrets_manager_endpoint, PREFLIGHT_CLIENT_CONFIG)
+            )
+        except NoRegionError:
+            return fail("no AWS region configured", "set AWS_REGION (Lambda sets it for you)")
+        try:
+            metadata = store.describe(facts.secret_id)
+        except SecretsManagerUnreachable as exc:
+            return fail(str(exc), NO_ROUTE_FIX)
+        except SecretsManagerError as exc:
+            if isinstance(exc.__cause__, NoCredentialsError):
+                return fail(str(exc), "give the function an execution role (locally: a profile or AWS_* variables)")
+            return ok(f"{store.endpoint} answered (DescribeSecret returned an error, see secret_readable)",
+                      store=store, describe_error=exc)
+        return ok(f"{store.endpoint} answered DescribeSecret", store=store, metadata=metadata)
+
+    @staticmethod
+    def _secret_readable(facts: _Facts) -> Finding:
+        if facts.describe_error is not None:
+            return fail(str(facts.describe_error), UNREADABLE_FIX)
+        if facts.store is None or facts.metadata is None:
+            return skip("Secrets Manager did not answer")
+        raw = facts.store.get_secret_string(facts.metadata.arn, AWSCURRENT)
+        return ok(f"DescribeSecret and GetSecretValue (AWSCURRENT) succeeded for {facts.metadata.arn}",
+                  current_raw=raw)
+
+    @staticmethod
+    def _secret_well_formed(facts: _Facts) -> Finding:
+        if facts.current_raw is None or facts.metadata is None:
+            return skip("the AWSCURRENT value could not be read")
+        source = f"AWSCURRENT of secret {facts.metadata.arn}"
+        creds = DatabaseCredentials.from_secret(parse_secret_string(facts.current_raw, source), source)
+        strategy = choose_strategy(facts.settings.strategy, creds, facts.metadata.arn)
+        admin = f", admin secret {creds.masterarn}" if creds.masterarn else ""
+        return ok(f"user {creds.username!r} at {creds.address}/{creds.dbname}, sslmode={creds.sslmode}, "
+                  f"strategy {strategy.name}{admin}", current=creds, strategy=strategy)
+
+    @staticmethod
+    def _rotation_state(facts: _Facts) -> Finding:
+        metadata = facts.metadata
+        if metadata is None:
+            return skip("the secret could not be described")
+        current = metadata.version_with(AWSCURRENT)
+        pending = metadata.version_with(AWSPENDING)
+        if pending is not None and pending != current:
+            return warn(
+                f"AWSPENDING is on version {pending}, not on the AWSCURRENT version {current}: a rotation is "
+                "running now, or a previous one did not complete, and the service refuses new rotations until "
+                "it does",
+                f"if no rotation is running, run rotation repair --secret-id {facts.secret_id}: it explains what "
+                "the failed rotation left and fixes it",
+            )
+        if not metadata.rotation_enabled:
+            return warn(
+                f"rotation is not enabled for this secret (AWSCURRENT is version {current})",
+                "turn rotation on with this function (the console's Rotation configuration, RotateSecret with "
+                "RotationLambdaARN, or a RotationSchedule in the template)",
+            )
+        return ok(f"rotation enabled, no rotation in progress; AWSCURRENT is version {current}")
+
+    # ------------------------------------------------------------------------------------------ network path
+
+    @staticmethod
+    def _host_resolves(facts: _Facts) -> Finding:
+        creds = facts.current
+        if creds is None:
+            return skip("no well-formed AWSCURRENT secret to take the host from")
+        try:
+            infos = socket.getaddrinfo(creds.host, creds.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            return fail(f"{creds.host} does not resolve: {exc.strerror}", DNS_FIX)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        return ok(f"{creds.host} resolves to {', '.join(addresses)}", address=addresses[0])
+
+    @staticmethod
+    def _port_answers(facts: _Facts) -> Finding:
+        creds = facts.current
+        if creds is None or facts.address is None:
+            return skip("the database host did not resolve")
+        where = f"{facts.address}:{creds.port}"
+        try:
+            sock = socket.create_connection((facts.address, creds.port), timeout=NETWORK_TIMEOUT_S)
+        except TimeoutError:
+            return fail(f"no answer from {where} within {NETWORK_TIMEOUT_S} s: packets are dropped on the way",
+                        NETWORK_FIX)
+        except ConnectionRefusedError:
+            return fail(f"{where} refused the connection: nothing listens on that port",
+                        "check the secret's port, and that the cluster or instance is available (not stopped)")
+        except OSError as exc:
+            return fail(f"cannot connect to {where}: {exc.strerror or exc}", NETWORK_FIX)
+        with sock:
+            try:
+                sock.sendall(SSL_REQUEST)
+                answer = sock.recv(1)
+            except TimeoutError:
+                return fail(
+                    f"{where} accepted the TCP connection but no PostgreSQL answered within {NETWORK_TIMEOUT_S} s",
+                    "something accepts connections on this port without speaking PostgreSQL: check the port, and "
+                    "whether a proxy or load balancer in between has a healthy target",
+                )
+            except OSError as exc:
+                return fail(f"{where} dropped the connection: {exc.strerror or exc}", NETWORK_FIX)
+        if answer not in (b"S", b"N"):
+            return fail(f"{where} answered, but not as PostgreSQL does", "check the secret's host and port")
+        offered = answer == b"S"
+        return ok(f"PostgreSQL answers at {where} (TLS {'offered' if offered else 'not offered'})",
+                  postgres_answers=True, tls_offered=offered)
+
+    @staticmethod
+    def _tls(facts: _Facts) -> Finding:
+        creds = facts.current
+        if creds is None:
+            return skip("no well-formed AWSCURRENT secret")
+        if creds.sslmode == "disable":
+            return warn("the secret's ssl key is false: the database connection is not encrypted", PLAINTEXT_FIX)
+        if not facts.postgres_answers or facts.address is None:
+            return skip("the database port did not answer")
+        if not facts.tls_offered:
+            return fail(f"the server at {creds.address} does not offer TLS, but sslmode={creds.sslmode} requires it",
+                        "enable ssl on the server, or check that host and port are the database's "
+                        "(Aurora always offers TLS)")
+        return _tls_handshake(creds, facts.address, facts.settings.ssl_root_cert)
+
+    # ------------------------------------------------------------------------------------------ logins
+
+    @staticmethod
+    def _database(facts: _Facts) -> PostgresDatabase:
+        return PostgresDatabase(connect_timeout=NETWORK_TIMEOUT_S, ssl_root_cert=facts.settings.ssl_root_cert)
+
+    def _current_login(self, facts: _Facts) -> Finding:
+        creds = facts.current
+        if creds is None:
+            return skip("no well-formed AWSCURRENT secret")
+        if not facts.postgres_answers:
+            return skip("the database port did not answer")
+        try:
+            with self._database(facts).connect(creds) as conn:
+                version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+        except LoginRefused as exc:
+            return fail(
+                str(exc),
+                f"AWSCURRENT's password is not the database's: if a rotation stopped half-way, rotation repair "
+                f"--secret-id {facts.secret_id} explains the state and fixes it; otherwise set the role's password "
+                "as an admin and store the same password in the secret",
+            )
+        return ok(f"AWSCURRENT logs in as {creds.username!r} at {creds.address}/{creds.dbname} through libpq "
+                  f"(sslmode={creds.sslmode}, PostgreSQL {version})")
+
+    @staticmethod
+    def _admin_secret_readable(facts: _Facts) -> Finding:
+        creds = facts.current
+        if creds is None or facts.store is None or facts.metadata is None:
+            return skip("no well-formed AWSCURRENT secret")
+        if not creds.masterarn:
+            return skip("no masterarn: single-user rotation, the user changes its own password")
+        try:
+            # The rotation's own read, including its refusal to send admin credentials to another host.
+            admin = _Reads(facts.store, facts.metadata).admin(creds)
+        except RotationStateError as exc:
+            return fail(str(exc), "give both secrets the same host, or the same dbClusterIdentifier")
+        return ok(f"admin secret {creds.masterarn} is readable: user {admin.username!r} at {admin.address}",
+                  admin=admin)
+
+    def _admin_login(self, facts: _Facts) -> Finding:
+        admin, creds = facts.admin, facts.current
+        if admin is None or creds is None:
+            return skip("no readable admin secret")
+        if admin.address == creds.address and not facts.postgres_answers:
+            return skip("the database port did not answer")
+        roles = _target_roles(creds, facts.strategy)
+        try:
+            with self._database(facts).connect(admin) as conn:
+                admin_row = conn.execute(
+                    "SELECT current_setting('server_version_num')::int, rolsuper, rolcreaterole "
+                    "FROM pg_roles WHERE rolname = current_user"
+                ).fetchone()
+                # 'USAGE WITH ADMIN OPTION' asks for ADMIN OPTION only (any privilege word gives the same
+                # answer); a superuser always has it.
+                target_rows = conn.execute(
+                    "SELECT rolname, rolsuper, pg_has_role(current_user, oid, 'USAGE WITH ADMIN OPTION') "
+                    "FROM pg_roles WHERE rolname = ANY(%s)",
+                    (list(roles),),
+                ).fetchall()
+        except LoginRefused as exc:
+            return fail(str(exc), "the admin secret's password is not the database's: correct the admin secret "
+                        "(for an RDS-managed master secret, check that its rotation completed)")
+        return ok(f"admin secret logs in as {admin.username!r} at {admin.address}/{admin.dbname}",
+                  admin_row=tuple(admin_row),
+                  target_roles={name: (bool(is_super), bool(has_admin)) for name, is_super, has_admin in target_rows})
+
+    @staticmethod
+    def _admin_privileges(facts: _Facts) -> Finding:
+        admin, creds = facts.admin, facts.current
+        if admin is None or creds is None or facts.admin_row is None:
+            return skip("the admin secret did not log in")
+        return _judge_admin_privileges(admin.username, creds, facts.strategy, facts.admin_row, facts.target_roles)
+
+
+def _target_roles(creds: DatabaseCredentials, strategy: Strategy | None) -> tuple[str, ...]:
+    """The roles the admin must be able to alter: the user, or for alternating users the original and its clone."""
+    if isinstance(strategy, AlternatingUsers):
+        original = original_role(creds.username)
+        return original, toggle_clone(original)
+    return (creds.username,)
+
+
+def _judge_admin_privileges(admin: str, creds: DatabaseCredentials, strategy: Strategy | None,
+                            admin_row: tuple[int, bool, bool], roles: Mapping[str, tuple[bool, bool]]) -> Finding:
+    version_num, is_super, can_create = admin_row
+    major = version_num // 10000
+    if is_super:
+        return ok(f"{admin!r} is a superuser: it may create roles and change any role's password")
+    if not can_create:
+        return fail(f"{admin!r} has neither CREATEROLE nor SUPERUSER: it cannot create roles or change another "
+                    "role's password", CREATEROLE_FIX.format(admin=admin))
+    alternating = isinstance(strategy, AlternatingUsers)
+    problems, notes, grants = [], [], []
+    for role in _target_roles(creds, strategy):
+        if role not in roles:
+            if alternating and role != original_role(role):
+                notes.append(f"{role!r} does not exist yet; the first rotation creates it")
+            else:
+                problems.append(f"role {role!r} does not exist")
+            continue
+        role_is_super, has_admin_option = roles[role]
+        if role_is_super:
+            problems.append(f"{role!r} is a superuser, whose password only a superuser may change")
+        elif major >= 16 and not has_admin_option:
+            problems.append(f"{admin!r} lacks ADMIN OPTION on {role!r}, which PostgreSQL {major} requires of a "
+                            "CREATEROLE role to change its password or grant its membership")
+            grants.append(f"GRANT {role} TO {admin} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE")
+    if problems:
+        fix = "; ".join(grants) + " (as the role's creator or a superuser)" if grants else (
+            "point masterarn at a role that may administer the user (on Aurora, the master user that created it)")
+        return fail("; ".join(problems), fix)
+    rule = ("and ADMIN OPTION on " + ", ".join(repr(r) for r in roles)) if major >= 16 else \
+        f"(enough before PostgreSQL 16; this is {major})"
+    detail = f"{admin!r} has CREATEROLE {rule}"
+    return ok("; ".join([detail, *notes]))
+
+
+def _tls_context(sslmode: str, ca_file: str | None) -> ssl.SSLContext:
+    # Mirrors libpq: a CA file replaces the trust store ("system" is the default here), verify-ca skips the
+    # host name, require checks nothing.
+    context = ssl.create_default_context(cafile=ca_file)
+    if sslmode in {"require", "verify-ca"}:
+        context.check_hostname = False
+    if sslmode == "require":
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _tls_handshake(creds: DatabaseCredentials, address: str, ca_file: str | None) -> Finding:
+    method = "raw SSLRequest probe and Python's ssl module; current_login repeats it through libpq"
+    where = f"{address}:{creds.port}"
+    context = _tls_context(creds.sslmode, ca_file)
+    try:
+        with socket.create_connection((address, creds.port), timeout=NETWORK_TIMEOUT_S) as raw:
+            raw.sendall(SSL_REQUEST)
+            if raw.recv(1) != b"S":
+                return fail(f"{where} stopped offering TLS between two probes", TLS_FIX)
+            with context.wrap_socket(raw, server_hostname=creds.host) as tls:
+                version, certificate = tls.version(), tls.getpeercert()
+    except ssl.SSLCertVerificationError as exc:
+        return fail(f"certificate verification failed (sslmode={creds.sslmode}, CA "
+                    f"{ca_file or 'system trust store'}): {exc.verify_message} [{method}]", TLS_FIX)
+    except (ssl.SSLError, OSError) as exc:
+        return fail(f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or exc} [{method}]", TLS_FIX)
+    if creds.sslmode == "require":
+        return ok(f"{version} with {where}; certificate not verified (sslmode=require) [{method}]")
+    subject = dict(item[0] for item in certificate.get("subject", ()))
+    days_left = int((ssl.cert_time_to_seconds(certificate["notAfter"]) - time.time()) // 86400)
+    checked = "and host name " if creds.sslmode == "verify-full" else ""
+    detail = (f"{version} with {where}; certificate {subject.get('commonName', '?')!r} {checked}verified against "
+              f"{ca_file or 'the system trust store'}, expires {certificate['notAfter']} [{method}]")
+    if days_left < CERT_EXPIRY_WARNING_DAYS:
+        return warn(f"{detail}: only {days_left} days left",
+                    "renew the server certificate (RDS/Aurora: modify the cluster's certificate authority)")
+    return ok(detail)
+
+
+def _redact(text: str, facts: _Facts) -> str:
+    # Messages come from our own error hierarchy, which never quotes a password; this is the second lock.
+    for password in facts.passwords():
+        text = text.replace(password, "<redacted>")
+    return text
+
+
+def diagnose(secret_id: str, env: Mapping[str, str] | None = None) -> PreflightReport:
+    """Run every check for ``secret_id``; never raises for what it finds, only reports it."""
+    return Preflight(env).run(secret_id)
+
+
+def run_preflight(event: PreflightEvent) -> dict[str, Any]:
+    """The handler's ``{"Preflight": true}`` answer: the report as a dict, also logged (without secrets)."""
+    report = diagnose(event.secret_id)
+    payload = report.to_dict()
+    log = logger.warning if report.status is Status.FAIL else logger.info
+    log(report.summary(), extra={"preflight": payload})
+    return payload
+
+
+__all__ = ["CheckResult", "Finding", "Preflight", "PreflightReport", "Status", "diagnose", "run_preflight"]
