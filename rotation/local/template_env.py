@@ -221,6 +221,9 @@ class Resolver:
                 return self._mappings[mapping][first][second]
             except (KeyError, TypeError):
                 raise Unresolvable(f"looks up {mapping}/{first}/{second}, which the Mappings lack") from None
+        if name == "GetAtt":
+            target = ".".join(map(str, argument)) if isinstance(argument, list) else argument
+            raise Unresolvable(f"reads {target}, an attribute that exists only once the stack is deployed")
         raise Unresolvable(f"uses Fn::{name}, which only CloudFormation can evaluate")
 
     def _sub(self, argument: Any) -> str:
@@ -301,13 +304,13 @@ def function_config(template: Mapping[str, Any], handler: str, region: str) -> F
         try:
             value = resolver.text(node)
         except Unresolvable as reason:
-            notes.append(f"{name} not set: its value {reason}")
+            notes.append(f"{name} not set from the template: its value {reason}")
             continue
         except (ValueError, TypeError, IndexError):
-            notes.append(f"{name} not set: its intrinsic function is malformed")
+            notes.append(f"{name} not set from the template: its intrinsic function is malformed")
             continue
         if value is NO_VALUE:
-            notes.append(f"{name} not set: it resolves to AWS::NoValue with the parameter defaults")
+            notes.append(f"{name} not set from the template: it resolves to AWS::NoValue with the parameter defaults")
             continue
         environment[name] = value
 
