@@ -7,6 +7,7 @@ and what the command said.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
@@ -20,6 +21,12 @@ import pytest
 from helpers import assert_refused_insert, can_login
 
 from rotation.cli import main
+from rotation.commands.rotate import explain_failure
+from rotation.config import Settings
+from rotation.events import Step
+from rotation.handler import build_database
+from rotation.local.driver import StepResult, rotate_now
+from rotation.secrets_store import SecretsManagerStore
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 
@@ -120,9 +127,9 @@ def test_json_report_lists_each_step_with_its_timing(sm, user_secret, capsys):
 
 
 class TcpRelay:
-    """A local port that refuses connections until opened, then forwards them to the real server.
+    """A local port that refuses connections while closed and forwards them to the real server while open.
 
-    It plays the network path to the database: closed (a security group without the rule), then fixed.
+    It plays the network path to the database: a security group without the rule, then fixed (or the reverse).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -131,22 +138,27 @@ class TcpRelay:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self._listener: socket.socket | None = None
-        self._stopping = threading.Event()
+        self._stop = threading.Event()
 
     def open(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.settimeout(0.1)
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, args=(self._listener, self._stop), daemon=True).start()
 
     def close(self) -> None:
-        self._stopping.set()
+        self._stop.set()
         if self._listener is not None:
+            # shutdown() first: close() alone leaves the port accepting until the blocked accept() returns.
+            with suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
+            self._listener = None
 
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -213,6 +225,39 @@ def test_json_report_of_a_failure_says_what_is_pending(sm, user_secret, network_
     assert [step["ok"] for step in report["steps"]] == [True, False]
     assert report["pending"] == {"current_version": labels(sm, arn)["AWSCURRENT"].pop(), "pending_has_value": True}
     assert report["resume_command"] == f"rotation rotate --secret-id {arn} --token {report['token']}"
+
+
+def test_network_lost_after_set_secret_warns_that_the_single_user_password_changed(sm, user_secret, network_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("ROTATION_STRATEGY", SINGLE)
+    arn, original = user_secret(port=network_path.port)
+    network_path.open()
+    settings = Settings.from_env()
+    store = SecretsManagerStore(sm.client())
+
+    def lose_the_network_after_set_secret(result: StepResult) -> None:
+        if result.step is Step.SET:
+            network_path.close()
+
+    report = rotate_now(store, lambda: build_database(settings), settings, arn,
+                        on_step=lose_the_network_after_set_secret)
+    explanation = io.StringIO()
+    explain_failure(report, explanation)
+
+    assert (report.failed.step, report.failed.error) == (Step.TEST, "DatabaseUnreachable"), report.failed.action
+    assert report.pending.pending_has_value is True
+    assert "warning: single-user rotation already set the new password" in explanation.getvalue()
+    network_path.open()
+    assert not can_login(original), "the warning is true: AWSCURRENT's password was replaced"
+
+    resumed = rotate_now(store, lambda: build_database(settings), settings, arn, token=report.token)
+
+    assert resumed.ok, resumed.failed
+    assert [step.action for step in resumed.steps][:2] == [
+        "AWSPENDING already holds a value (a retry); kept as is",
+        "AWSPENDING already logs in (an earlier attempt set it); nothing to change",
+    ]
+    assert can_login(sm.value(arn, "AWSCURRENT"))
 
 
 # --- refusing -------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rotated {report.secret_arn} in {_ms(report.seconds)} ({report.strategy}): AWSCURRENT is now "
               f"version {report.token}")
     else:
-        _explain_failure(report, sys.stderr)
+        explain_failure(report, sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -95,7 +95,8 @@ def _print_step(result) -> None:
     print(f"  {result.step.value:<13} {_ms(result.seconds):>10}  {status}{result.action}", flush=True)
 
 
-def _explain_failure(report, out: TextIO) -> None:
+def explain_failure(report, out: TextIO) -> None:
+    """What failed, what was done, what is pending and how to resume, for a person at a terminal."""
     from rotation.config import StrategyName
     from rotation.events import Step
 
@@ -124,5 +125,5 @@ def _explain_failure(report, out: TextIO) -> None:
     lines.append("resume once the cause is fixed (same token: each step picks up where the last run stopped):")
     lines.append(f"  {report.resume_command}")
     if pending is None or pending.pending_has_value:
-        lines.append("or abandon this rotation and clear AWSPENDING with `rotation repair` (see its --help)")
+        lines.append(f"or abandon it: `rotation repair --secret-id {report.secret_id}` explains how to clear it")
     print("\n".join(lines), file=out)

@@ -46,8 +46,8 @@ class StagedPendingStore:
     """The real store, plus the empty AWSPENDING version RotateSecret would have staged for ``token``.
 
     Only describe() differs, and only for this secret: rotation is reported enabled, and the token labelled
-    AWSPENDING until createSecret makes it a real version. Reading the staged version's value goes to the real API, which answers "no such version" exactly as the
-    service does for the empty version before createSecret.
+    AWSPENDING until createSecret makes it a real version. Reading the staged version's value goes to the real
+    API, which answers "no such version" exactly as the service does for the empty version before createSecret.
     """
 
     def __init__(self, inner: SecretStore, secret_arn: str, token: str) -> None:
@@ -173,7 +173,7 @@ def _check_can_start(metadata: SecretMetadata, token: str | None) -> None:
         raise RotationStateError(
             f"A previous rotation isn't complete: AWSPENDING of secret {metadata.arn} is on version {others[0]}, "
             f"which is not AWSCURRENT. Resume it with `rotation rotate --secret-id {metadata.name} --token "
-            f"{others[0]}`, or clear it with `rotation repair`"
+            f"{others[0]}`, or see how to clear it with `rotation repair --secret-id {metadata.name}`"
         )
     if token is not None and token in metadata.versions and token not in unfinished:
         stages = metadata.versions[token]
