@@ -129,6 +129,9 @@ class PostgresDatabase:
 
     def change_own_password(self, creds: DatabaseCredentials, new_password: str) -> None:
         with self.connect(creds) as conn:
+            # A read-only login (default_transaction_read_only = on, as the bootstrap sets) may still change
+            # its own password; ALTER ROLE is refused in a read-only transaction.
+            conn.execute("SET default_transaction_read_only = off")
             _alter_password(conn, creds.username, new_password)
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
