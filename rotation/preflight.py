@@ -341,7 +341,8 @@ class Preflight:
         try:
             metadata = store.describe(facts.secret_id)
         except SecretsManagerUnreachable as exc:
-            return fail(str(exc), NO_ROUTE_FIX)
+            return fail(f"cannot reach the Secrets Manager endpoint {store.endpoint}: {_unreachable_why(exc)}",
+                        NO_ROUTE_FIX)
         except SecretsManagerError as exc:
             if isinstance(exc.__cause__, NoCredentialsError):
                 return fail(str(exc), "give the function an execution role (locally: a profile or AWS_* variables)")
@@ -529,6 +530,16 @@ class Preflight:
         if admin is None or creds is None or facts.admin_row is None:
             return skip("the admin secret did not log in")
         return _judge_admin_privileges(admin.username, creds, facts.strategy, facts.admin_row, facts.target_roles)
+
+
+def _unreachable_why(exc: SecretsManagerUnreachable) -> str:
+    cause = type(exc.__cause__).__name__
+    return {
+        "ConnectTimeoutError": f"no answer to the connection attempt within {NETWORK_TIMEOUT_S} s (packets are "
+                               "dropped: no route)",
+        "ReadTimeoutError": f"the connection opened but no answer came within {NETWORK_TIMEOUT_S} s",
+        "EndpointConnectionError": "the connection failed (refused, or the name does not resolve)",
+    }.get(cause, cause)
 
 
 def _target_roles(creds: DatabaseCredentials, strategy: Strategy | None) -> tuple[str, ...]:
