@@ -16,8 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from helpers import can_login
+from helpers import can_login, connect, select_titles
 
 from rotation.cli import main
 from rotation.local.lambda_context import LambdaContext
@@ -28,6 +29,7 @@ from rotation.local.template_env import (
     load_template,
     plan_environment,
 )
+from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -101,6 +103,27 @@ def test_the_four_event_files_rotate_a_secret(sm, make_app_user, store_secret, m
     assert can_login(new)
     assert can_login(original) is previous_logs_in
     assert new["password"] not in result.stdout + result.stderr
+
+
+def test_the_bootstrap_event_file_creates_a_read_only_login(pg, cluster, master_arn, tmp_path):
+    event = json.loads((EVENTS / "bootstrap.json").read_text())
+    event.update(MasterSecretId=master_arn, Host=pg.host, Port=pg.port, Username=f"reader_{uuid.uuid4().hex[:8]}")
+    copy = tmp_path / "bootstrap.json"
+    copy.write_text(json.dumps(event))
+
+    result = invoke_cli(str(copy), "--function", "bootstrap")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    created = response(result.stdout)
+    login = json.loads(SecretsManagerStore(secrets_manager_client()).get_secret_string(created["SecretArn"],
+                                                                                        "AWSCURRENT"))
+    assert login["username"] == event["Username"]
+    assert select_titles(login) == ["Bananas"]
+    with connect(login) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        # Past the read-only default (defence in depth), the privileges themselves refuse the write.
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute("INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)")
+    assert login["password"] not in result.stdout + result.stderr
 
 
 # --- the function's environment from template.yaml ------------------------------------------------------

@@ -108,6 +108,19 @@ def test_rotate_end_to_end(sm, pg, user_secret, capsys, monkeypatch, outcome):
     assert new["password"] not in pg.server_log(), "the server received a verifier, never the password"
 
 
+def test_consecutive_rotations_each_start_cleanly(sm, user_secret, capsys):
+    arn, _ = user_secret()
+
+    first = json.loads(run_cli(capsys, "--secret-id", arn, "--json")[1])
+    second = json.loads(run_cli(capsys, "--secret-id", arn, "--json")[1])
+
+    assert first["ok"] and second["ok"]
+    assert labels(sm, arn)["AWSCURRENT"] == {second["token"]}
+    assert labels(sm, arn)["AWSPREVIOUS"] == {first["token"]}
+    assert can_login(sm.value(arn, "AWSCURRENT"))
+    assert not can_login(sm.value(arn, "AWSPREVIOUS"))
+
+
 def test_json_report_lists_each_step_with_its_timing(sm, user_secret, capsys):
     arn, _ = user_secret()
 

@@ -48,10 +48,13 @@ def preflight(event: dict[str, Any]) -> None:
 def bootstrap_direct(event: dict[str, Any]) -> None:
     bootstrap = optional_module("rotation.bootstrap", "the bootstrap function")
     bootstrap.BootstrapRequest.parse(event)
+    cfn = optional_module("rotation.cfn", "the CloudFormation custom resource protocol")
+    assert not cfn.CustomResourceRequest.matches(event), "the handler would answer it as a custom resource"
 
 
 def bootstrap_cloudformation(event: dict[str, Any]) -> None:
     cfn = optional_module("rotation.cfn", "the CloudFormation custom resource protocol")
+    assert cfn.CustomResourceRequest.matches(event), "the handler would take it for a direct invocation"
     request = cfn.CustomResourceRequest.parse(event)
     assert request.request_type == "Create"
     bootstrap = optional_module("rotation.bootstrap", "the bootstrap function")
