@@ -86,12 +86,12 @@ lambda-artifact:
 	@du -sh --apparent-size "$(ART)" | sed 's/^/artifact size (unzipped): /'
 
 test:
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
-	$(PYTHON) -m pytest
+	cd "$(ROOT)" && $(PYTHON) -m pip install --quiet -e '.[dev]'
+	cd "$(ROOT)" && $(PYTHON) -m pytest
 
 lint:
-	$(PYTHON) -c 'import sys; from cfnlint.runner import main; sys.argv[0] = "cfn-lint"; sys.exit(main())' template.yaml
-	$(PYTHON) -m ruff check .
+	$(PYTHON) -c 'import sys; from cfnlint.runner import main; sys.argv[0] = "cfn-lint"; sys.exit(main())' "$(ROOT)/template.yaml"
+	$(PYTHON) -m ruff check "$(ROOT)"
 
 $(SAM):
 	$(PYTHON) -m venv "$(SAM_VENV)"
@@ -102,10 +102,10 @@ sam-venv: $(SAM)
 # --build-in-source: make runs in this folder instead of a scratch copy of it (SAM would otherwise
 # copy .venv, .sam-venv and .git for every function).
 build: $(SAM)
-	SAM_CLI_TELEMETRY=0 "$(SAM)" build --build-in-source --parallel
+	cd "$(ROOT)" && SAM_CLI_TELEMETRY=0 "$(SAM)" build --build-in-source --parallel
 
 validate: $(SAM)
-	SAM_CLI_TELEMETRY=0 "$(SAM)" validate --lint --region $(SAM_REGION)
+	cd "$(ROOT)" && SAM_CLI_TELEMETRY=0 "$(SAM)" validate --lint --region $(SAM_REGION)
 
 clean:
 	rm -rf .aws-sam
