@@ -156,7 +156,7 @@ def shipped_password_length() -> int:
 )
 def test_env_from_template_sets_the_password_policy(sm, make_app_user, store_secret, tmp_path, template_defaults,
                                                     user_env, expected_length, digits_allowed, monkeypatch):
-    for name in ("PASSWORD_LENGTH", "EXCLUDE_NUMBERS"):
+    for name in ("PASSWORD_LENGTH", "EXCLUDE_NUMBERS", "POWERTOOLS_SERVICE_NAME"):
         monkeypatch.delenv(name, raising=False)
     arn = store_secret(make_app_user())
     token = sm.stage_pending(arn)
@@ -169,6 +169,7 @@ def test_env_from_template_sets_the_password_policy(sm, make_app_user, store_sec
     assert f"environment from {template}, function RotationFunction" in result.stderr
     if user_env:
         assert "kept from your environment: " in result.stderr and "PASSWORD_LENGTH" in result.stderr
+    assert '"service":"local-rotation"' in result.stdout, "the logger was built after the template's env was set"
     password = sm.value(arn, "AWSPENDING", token)["password"]
     assert len(password) == expected_length
     assert any(ch.isdigit() for ch in password) is digits_allowed
