@@ -21,7 +21,7 @@ from rotation.cli import main
 from rotation.database import scram_verifier
 from rotation.handler import rotate
 from rotation.local.lambda_context import LambdaContext
-from rotation.preflight import REPORT_BUDGET_S, PreflightReport, Status, diagnose
+from rotation.preflight import REPORT_BUDGET_S, Preflight, PreflightReport, Status, diagnose
 
 #: What the issue promises: the report is back within this, whatever does not answer.
 PROMISED_SECONDS = 10
@@ -164,9 +164,9 @@ def _admin_for_another_host(user, cluster, store_secret, **_):
     return {**user, "masterarn": store_secret({**cluster, "host": "10.0.0.99", "dbClusterIdentifier": "other"})}
 
 
-def _createrole_admin_without_admin_option(user, pg, store_secret, **_):
+def _createrole_admin_without_admin_option(user, pg, store_secret, allow_old_server=False, **_):
     """A CREATEROLE role that did not create the user: enough before PostgreSQL 16, not since."""
-    if pg.version < 16:
+    if pg.version < 16 and not allow_old_server:
         pytest.skip(f"ADMIN OPTION rules start with PostgreSQL 16; this server is {pg.version}")
     from psycopg import sql
 
@@ -276,6 +276,23 @@ def test_the_report_comes_back_in_time_when_nothing_answers(unreachable, kind, f
     assert _status(report)["current_login"] == "skip"
 
 
+def test_the_deadline_holds_even_when_a_check_outlives_its_own_timeout(ports, make_app_user, store_secret):
+    # A 1.5 s budget is shorter than the port check's own 2 s timeout: the deadline guard must cut it off and
+    # every later check must be skipped for lack of time rather than attempted.
+    arn = store_secret({**make_app_user(), "port": ports["blackhole"]})
+
+    started = time.monotonic()
+    report = Preflight(budget_s=1.5).run(arn)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.5
+    port = _check(report, "database_port_answers")
+    assert port.status is Status.FAIL and "no result within" in port.detail
+    after = report.checks[[check.name for check in report.checks].index(port.name) + 1:]
+    assert {check.status for check in after} == {Status.SKIP}
+    assert all("budget is spent" in check.detail for check in after)
+
+
 # ---------------------------------------------------------------------------------------------- TLS
 
 
@@ -311,6 +328,23 @@ def test_tls_handshake_and_certificate(sslmode, trust_server_ca, tls_status, log
     assert "raw SSLRequest probe" in tls.detail  # says how it was checked
     if tls_status == "fail":
         assert "PGSSLROOTCERT" in tls.fix
+
+
+def test_before_postgresql_16_createrole_alone_may_alter_roles(pg_tls, tls_cluster, store_secret, monkeypatch):
+    if pg_tls.version >= 16:
+        pytest.skip(f"needs a PostgreSQL older than 16; the TLS server is {pg_tls.version}")
+    from rotation.local.aurora import create_app_role
+
+    monkeypatch.setenv("PGSSLROOTCERT", str(pg_tls.ca_file))
+    user = create_app_role(pg_tls, tls_cluster, f"app_{uuid.uuid4().hex[:8]}")
+    # The same CREATEROLE admin that did not create the user, which PostgreSQL 16+ refuses (see above).
+    secret = _createrole_admin_without_admin_option({**user, "ssl": True}, pg=pg_tls, store_secret=store_secret,
+                                                    allow_old_server=True)
+
+    privileges = _check(diagnose(store_secret(secret)), "admin_privileges")
+
+    assert privileges.status is Status.OK
+    assert f"enough before PostgreSQL 16; this is {pg_tls.version}" in privileges.detail
 
 
 # ---------------------------------------------------------------------------------------------- entry points
