@@ -402,9 +402,12 @@ _DEFAULT_ACL_OBJECTS = {"r": "TABLES", "S": "SEQUENCES", "f": "FUNCTIONS", "T": 
 _FORBIDDEN_ATTRIBUTES = {"rolsuper": "SUPERUSER", "rolreplication": "REPLICATION", "rolbypassrls": "BYPASSRLS"}
 
 # Every explicit privilege of the given roles in this database (plus the database itself and shared default
-# privileges), one row per (object, privilege, grantee).
+# privileges), one row per (object, privilege, grantee). The master can revoke a grant when it holds the
+# grantor's privileges: its own grants, and the owner's when it belongs to the owning role (pg_database_owner
+# owns schema public since PostgreSQL 15). For default privileges the grantor is the role they are for.
 _ACL_ENTRIES = """
-SELECT e.kind, e.schema, e.name, e.detail, e.privilege_type, pg_get_userbyid(e.grantor), r.rolname
+SELECT e.kind, e.schema, e.name, e.detail, e.privilege_type, pg_get_userbyid(e.grantor), r.rolname,
+       pg_has_role(current_user, e.grantor, 'USAGE')
 FROM (
     SELECT 'database' AS kind, NULL::text AS schema, d.datname::text AS name, NULL::text AS detail,
            a.privilege_type, a.grantor, a.grantee
@@ -487,6 +490,8 @@ class AclEntry:
     privilege: str
     grantor: str
     grantee: str
+    #: Whether the master may revoke it (it holds the grantor's privileges).
+    revocable: bool
 
     @property
     def key(self) -> tuple[str, str | None, str, str | None, str, str]:
@@ -654,10 +659,7 @@ def _privilege_changes(conn: psycopg.Connection, plan: DatabasePlan) -> _Privile
     for entry in entries:
         if entry.key in desired:
             continue
-        # The master can only take back what it granted (defaults: only its own).
-        revocable = (entry.name == plan.master) if entry.kind == "default" else (entry.grantor == plan.master)
-        if revocable and entry.privilege in _PRIVILEGES and (entry.kind != "default" or entry.detail in
-                                                             _DEFAULT_ACL_OBJECTS):
+        if _can_revoke(entry):
             revokes.append(entry)
         elif entry.privilege in _WRITE_FREE_PRIVILEGES:
             kept.append(f"role {entry.grantee!r} keeps {entry.describe()} (granted by {entry.grantor!r}, which "
@@ -672,6 +674,11 @@ def _privilege_changes(conn: psycopg.Connection, plan: DatabasePlan) -> _Privile
         )
     grants = tuple(sorted((key for key in desired if key not in held), key=lambda k: tuple(map(str, k))))
     return _PrivilegeChanges(grants, tuple(revokes), tuple(kept))
+
+
+def _can_revoke(entry: AclEntry) -> bool:
+    known = entry.privilege in _PRIVILEGES and (entry.kind != "default" or entry.detail in _DEFAULT_ACL_OBJECTS)
+    return entry.revocable and known
 
 
 def _execute(conn: psycopg.Connection, statement: sql.Composable, doing: str) -> None:
@@ -704,6 +711,20 @@ def _grant_statement(key: tuple[str, str | None, str, str | None, str, str]) -> 
             sql.Identifier(name), sql.Identifier(schema), granted, sql.SQL(_DEFAULT_ACL_OBJECTS[detail]), to)
     return sql.SQL("GRANT {} ON {} {} TO {}").format(
         granted, sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE"), sql.Identifier(schema, name), to)
+
+
+def _grant_statements(keys: Sequence[tuple[str, str | None, str, str | None, str, str]],
+                      batch: int = 500) -> list[sql.Composable]:
+    """One GRANT per batch of tables (and of sequences): a schema of thousands of tables stays quick."""
+    statements = [_grant_statement(key) for key in keys if key[0] not in ("table", "sequence")]
+    for kind in ("table", "sequence"):
+        same = [key for key in keys if key[0] == kind]
+        for start in range(0, len(same), batch):
+            chunk = same[start:start + batch]
+            statements.append(sql.SQL("GRANT SELECT ON {} {} TO {}").format(
+                sql.SQL(kind.upper()), sql.SQL(", ").join(sql.Identifier(k[1], k[2]) for k in chunk),
+                sql.Identifier(chunk[0][5])))
+    return statements
 
 
 def _revoke_statement(entry: AclEntry) -> sql.Composable:
@@ -811,17 +832,17 @@ def reconcile_database(conn: psycopg.Connection, plan: DatabasePlan, login_passw
         privileges = _privilege_changes(conn, plan)
         for entry in privileges.revokes:
             _execute(conn, _revoke_statement(entry), f"revoking {entry.describe()} from {entry.grantee!r}")
-        for key in privileges.grants:
-            _execute(conn, _grant_statement(key), f"granting to {plan.group_role!r}")
+        for statement in _grant_statements(privileges.grants):
+            _execute(conn, statement, f"granting to {plan.group_role!r}")
         if privileges.revokes:
             changes.append("revoked " + _summary([f"{e.describe()} from {e.grantee!r}" for e in privileges.revokes]))
         if privileges.grants:
-            granted = [AclEntry(k[0], k[1], k[2], k[3], k[4], plan.master, k[5]).describe() for k in privileges.grants]
+            granted = [AclEntry(*k[:5], plan.master, k[5], True).describe() for k in privileges.grants]
             changes.append(f"granted {plan.group_role!r} " + _summary(granted))
     return changes
 
 
-def drop_roles(conn: psycopg.Connection, master: str, roles: Sequence[str]) -> list[str]:
+def drop_roles(conn: psycopg.Connection, roles: Sequence[str]) -> list[str]:
     """Revoke what the master granted to ``roles`` in this database and drop them, in one transaction."""
     with conn.transaction():
         existing = [row[0] for row in _rows(conn, "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
@@ -829,7 +850,7 @@ def drop_roles(conn: psycopg.Connection, master: str, roles: Sequence[str]) -> l
         if not existing:
             return []
         for entry in _acl_entries(conn, existing):
-            if (entry.name == master) if entry.kind == "default" else (entry.grantor == master):
+            if _can_revoke(entry):
                 _execute(conn, _revoke_statement(entry), f"revoking {entry.describe()} from {entry.grantee!r}")
         for name in (role for role in roles if role in existing):
             # PostgreSQL names whatever still depends on the role (privileges in other databases, objects).
@@ -1049,7 +1070,7 @@ class Bootstrapper:
             raise BootstrapError(f"resource {physical_id} no longer matches its properties (they now name secret "
                                  f"{target.secret_name}); nothing removed")
         with self._database.connect(target.admin) as conn:
-            changes = drop_roles(conn, target.admin.username, (*self._login_roles(request), request.group_role))
+            changes = drop_roles(conn, (*self._login_roles(request), request.group_role))
         existing = self._secrets.find(target.secret_name)
         if existing is not None and not existing.scheduled_for_deletion:
             self._secrets.delete(existing.arn)

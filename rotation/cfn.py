@@ -39,6 +39,7 @@ NOT_CREATED_PREFIX = "not-created-"
 
 _PUT_ATTEMPTS = 3
 _PUT_TIMEOUT_SECONDS = 10
+_PUT_BACKOFF_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ def put_response(url: str, body: bytes) -> None:
         except (urllib.error.URLError, OSError) as exc:
             if attempt == _PUT_ATTEMPTS:
                 raise RotationError(f"cannot send the CloudFormation response to {host}: {exc}") from exc
-        time.sleep(attempt)
+        time.sleep(_PUT_BACKOFF_SECONDS * attempt)
 
 
 def response_body(request: CustomResourceRequest, status: str, reason: str, physical_id: str,

@@ -1,0 +1,533 @@
+"""The bootstrap function end to end: a real PostgreSQL whose master is a non-superuser CREATEROLE role (as on
+Aurora), the Secrets Manager API over HTTP (moto server), and the Lambda handler called as Lambda calls it.
+
+What a user cares about is asserted, not how: the new secret logs in, reads films, is refused writes with
+SQLSTATE 42501, can be rotated as is, and no password ever shows up in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from botocore.exceptions import ClientError
+from helpers import can_login, connect, select_titles
+from psycopg import sql
+from service import rotate
+from test_cfn import ResponseServer, custom_resource_event, serve_responses
+
+from rotation import bootstrap as bootstrap_module
+from rotation import cfn, handler
+from rotation.exceptions import (
+    BootstrapError,
+    DatabaseUnreachable,
+    InvalidEventError,
+    PrivilegeError,
+    RotationError,
+    SecretsManagerError,
+)
+from rotation.local.aurora import setup_aurora_like
+from rotation.local.lambda_context import LambdaContext
+from rotation.local.postgres import PostgresServer
+
+SINGLE, ALTERNATING = "single-user", "alternating-users"
+INSERT = "INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture
+def master_arn(cluster: dict[str, Any], store_secret) -> str:
+    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def username() -> str:
+    return f"reader_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bootstrap(master_arn: str, username: str, sm) -> Callable[..., dict[str, Any]]:
+    """Invoke the handler directly for ``username``; returns the secret it created or kept (AWSCURRENT)."""
+
+    def invoke(**keys: Any) -> dict[str, Any]:
+        event = {"MasterSecretId": master_arn, "Username": username, **keys}
+        response = handler.bootstrap(event, LambdaContext("bootstrap", timeout_seconds=60))
+        assert response["Username"] == event["Username"]
+        return {**sm.value(response["SecretArn"]), "arn": response["SecretArn"], "group": response["GroupRole"]}
+
+    return invoke
+
+
+def credentials(secret: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in secret.items() if k not in ("arn", "group")}
+
+
+def sqlstate_of(secret: dict[str, Any], statement: str, *, read_write: bool = False) -> str | None:
+    """Run ``statement`` with the secret's login; None when it succeeds, else the SQLSTATE it failed with.
+
+    ``read_write`` first turns the role's read-only default off, as any session may: what is refused then is
+    refused by the privileges themselves.
+    """
+    with connect(credentials(secret)) as conn:
+        if read_write:
+            conn.execute("SET default_transaction_read_only = off")
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            return exc.sqlstate
+    return None
+
+
+def master_execute(cluster: dict[str, Any], statement: sql.Composable | str) -> None:
+    with connect(cluster) as conn:
+        conn.execute(statement)
+
+
+def existing_roles(pg: PostgresServer, *names: str) -> set[str]:
+    with pg.connect(dbname="appdb") as conn:
+        rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(names),)).fetchall()
+    return {row[0] for row in rows}
+
+
+def direct_privileges(pg: PostgresServer, role: str) -> list[tuple[str, str]]:
+    """Table privileges granted to ``role`` itself (not through a group) in appdb."""
+    with pg.connect(dbname="appdb") as conn:
+        return conn.execute(
+            "SELECT c.relname::text, a.privilege_type FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a "
+            "WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (role,),
+        ).fetchall()
+
+
+def secret_exists(sm, name: str) -> bool:
+    try:
+        sm.client().describe_secret(SecretId=name)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ResourceNotFoundException":
+            return False
+        raise
+    return True
+
+
+def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def assert_never_logged(passwords: list[str], pg: PostgresServer, captured: str) -> None:
+    server_log = pg.server_log()
+    for password in passwords:
+        assert password not in server_log, "a password reached the PostgreSQL statement log"
+        assert password not in captured, "a password reached the function's log"
+
+
+@pytest.fixture
+def response_server() -> Iterator[ResponseServer]:
+    with serve_responses() as server:
+        yield server
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ------------------------------------------------------------------------- what the new login may do
+
+
+@dataclass(frozen=True)
+class Attempt:
+    statement: str
+    read_write: bool
+    #: None: allowed. 42501: refused by privileges. 25006: refused by the read-only default.
+    sqlstate: str | None
+
+
+ATTEMPTS = {
+    "select-films": Attempt("SELECT title FROM films", False, None),
+    "insert-refused-by-privileges": Attempt(INSERT, True, "42501"),
+    "update-refused-by-privileges": Attempt("UPDATE films SET title = 'x'", True, "42501"),
+    "delete-refused-by-privileges": Attempt("DELETE FROM films", True, "42501"),
+    "truncate-refused-by-privileges": Attempt("TRUNCATE films", True, "42501"),
+    "create-table-refused-by-privileges": Attempt("CREATE TABLE public.mine (a int)", True, "42501"),
+    "create-schema-refused-by-privileges": Attempt("CREATE SCHEMA mine", True, "42501"),
+    "insert-refused-by-read-only-default": Attempt(INSERT, False, "25006"),
+}
+
+
+@pytest.mark.parametrize("attempt", ATTEMPTS.values(), ids=ATTEMPTS.keys())
+def test_the_new_login_reads_and_cannot_write(bootstrap, pg, attempt: Attempt, capsys, caplog) -> None:
+    secret = bootstrap()
+
+    assert can_login(credentials(secret))
+    assert sqlstate_of(secret, attempt.statement, read_write=attempt.read_write) == attempt.sqlstate
+    assert_never_logged([secret["password"]], pg, capsys.readouterr().out + caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("keys", "later_table_readable"),
+    [({}, True), ({"Tables": ["public.films"]}, False)],
+    ids=["schema-wide-reads-tables-the-master-creates-later", "listed-tables-are-exactly-what-it-reads"],
+)
+def test_tables_created_after_the_bootstrap(bootstrap, cluster, keys, later_table_readable) -> None:
+    secret = bootstrap(**keys)
+    later = f"later_{uuid.uuid4().hex[:8]}"
+    master_execute(cluster, sql.SQL("CREATE TABLE {} (a int)").format(sql.Identifier(later)))
+
+    outcome = sqlstate_of(secret, f"SELECT * FROM {later}")
+
+    assert outcome == (None if later_table_readable else "42501")
+    assert select_titles(credentials(secret)) == ["Bananas"]
+
+
+def test_the_secret_is_in_rds_format_under_the_query_editors_prefix(bootstrap, cluster, username, master_arn,
+                                                                    sm) -> None:
+    kms_key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    secret = bootstrap(Tags=[{"Key": "team", "Value": "analytics"}], KmsKeyId=kms_key)
+
+    assert credentials(secret) == {
+        "engine": "postgres", "host": cluster["host"], "port": cluster["port"], "username": username,
+        "password": secret["password"], "dbname": "appdb", "dbClusterIdentifier": "demo-cluster", "ssl": False,
+    }
+    assert len(secret["password"]) == 32
+    described = sm.client().describe_secret(SecretId=secret["arn"])
+    assert described["Name"] == f"rds-db-credentials/demo-cluster/{username}"
+    assert {"Key": "team", "Value": "analytics"} in described["Tags"]
+    assert described["KmsKeyId"] == kms_key
+    assert secret["group"] == f"{username}_readonly"
+
+
+# ------------------------------------------------------------------------------------- idempotency
+
+
+def test_a_second_run_changes_nothing(bootstrap, sm, capsys) -> None:
+    first = bootstrap()
+    versions = sm.stages(first["arn"])
+    capsys.readouterr()
+
+    second = bootstrap()
+
+    assert second == first
+    assert sm.stages(first["arn"]) == versions, "no new secret version"
+    assert can_login(credentials(first))
+    assert any(line["message"] == "bootstrap complete; nothing to change" for line in log_lines(capsys))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Something changed behind the bootstrap's back, and what the re-run must restore."""
+
+    damage: Callable[[dict[str, Any], dict[str, Any]], None]  # (master secret, user secret)
+    logged: str
+
+
+def _change_password(cluster: dict[str, Any], secret: dict[str, Any]) -> None:
+    with connect(cluster) as conn:
+        verifier = conn.pgconn.encrypt_password(b"someone-else-s-password", secret["username"].encode(),
+                                                b"scram-sha-256").decode()
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(secret["username"]),
+                                                                 sql.Literal(verifier)))
+
+
+DRIFTS = {
+    "role-password-changed-secret-wins": Drift(_change_password, "resetting the role to the secret's password"),
+    "login-role-dropped-recreated-from-secret": Drift(
+        lambda cluster, secret: master_execute(cluster, sql.SQL("DROP ROLE {}").format(
+            sql.Identifier(secret["username"]))),
+        "created role"),
+    "insert-granted-to-group-revoked": Drift(
+        lambda cluster, secret: master_execute(cluster, sql.SQL("GRANT INSERT ON films TO {}").format(
+            sql.Identifier(secret["group"]))),
+        "revoked INSERT on table public.films"),
+    "create-on-schema-granted-to-login-revoked": Drift(
+        lambda cluster, secret: master_execute(cluster, sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(
+            sql.Identifier(secret["username"]))),
+        "revoked CREATE on schema public"),
+    "read-only-default-removed-restored": Drift(
+        lambda cluster, secret: master_execute(cluster, sql.SQL("ALTER ROLE {} RESET default_transaction_read_only")
+                                               .format(sql.Identifier(secret["username"]))),
+        "default_transaction_read_only = on"),
+}
+
+
+@pytest.mark.parametrize("drift", DRIFTS.values(), ids=DRIFTS.keys())
+def test_a_rerun_brings_things_back_in_line(bootstrap, cluster, pg, sm, drift: Drift, capsys) -> None:
+    secret = bootstrap()
+    drift.damage(cluster, secret)
+    capsys.readouterr()
+
+    again = bootstrap()
+
+    output = capsys.readouterr().out
+    assert drift.logged in output
+    assert again == secret, "the secret is the truth: kept as it was"
+    assert can_login(credentials(secret))
+    assert sqlstate_of(secret, INSERT, read_write=True) == "42501"
+    assert sqlstate_of(secret, "CREATE TABLE public.mine (a int)", read_write=True) == "42501"
+    assert sqlstate_of(secret, INSERT) == "25006"
+    assert_never_logged([secret["password"]], pg, output)
+
+
+@pytest.mark.parametrize("adopting", [False, True], ids=["new-role", "hand-made-role"])
+def test_a_run_interrupted_after_storing_the_secret_is_finished_by_the_next(
+        bootstrap, make_app_user, username, sm, monkeypatch, adopting) -> None:
+    """The Lambda dies between CreateSecret and the database transaction; the service or stack runs it again."""
+    name = make_app_user()["username"] if adopting else username
+
+    def crash(*_args: Any) -> None:
+        raise RuntimeError("Lambda killed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bootstrap_module, "reconcile_database", crash)
+        with pytest.raises(RuntimeError):
+            bootstrap(Username=name)
+    stored = sm.value(f"rds-db-credentials/demo-cluster/{name}")
+    assert not can_login(stored), "the crash came before the role got the password"
+
+    finished = bootstrap(Username=name)
+
+    assert credentials(finished) == stored, "the stored secret is the one that now works"
+    assert can_login(stored)
+    assert sqlstate_of(finished, INSERT, read_write=True) == "42501"
+
+
+def test_a_hand_made_role_is_adopted(bootstrap, make_app_user, pg, capsys) -> None:
+    """The manual setup this replaces: a role made by hand, SELECT granted to it directly, password typed."""
+    hand_made = make_app_user()
+
+    secret = bootstrap(Username=hand_made["username"])
+
+    assert secret["password"] != hand_made["password"]
+    assert can_login(credentials(secret))
+    assert not can_login(hand_made), "the password a person once typed no longer works"
+    assert direct_privileges(pg, hand_made["username"]) == [], "privileges now come through the group only"
+    assert select_titles(credentials(secret)) == ["Bananas"]
+    assert sqlstate_of(secret, INSERT, read_write=True) == "42501"
+    assert_never_logged([secret["password"]], pg, capsys.readouterr().out)
+
+
+# --------------------------------------------------------------------------------------- rotation
+
+
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_the_created_secret_rotates_as_is(bootstrap, sm, pg, master_arn, username, strategy, capsys) -> None:
+    created = bootstrap(Strategy=strategy)
+    assert created.get("masterarn") == (master_arn if strategy == ALTERNATING else None)
+    passwords = [created["password"]]
+
+    for round_ in (1, 2):
+        rotate(sm, created["arn"])
+        current = sm.value(created["arn"], "AWSCURRENT")
+        passwords.append(current["password"])
+        assert can_login(current)
+        assert select_titles(current) == ["Bananas"]
+        assert sqlstate_of(current, INSERT, read_write=True) == "42501"
+        assert sqlstate_of(current, INSERT) == "25006", "the read-only default holds for the rotated login too"
+        if strategy == SINGLE:
+            assert current["username"] == username
+            assert not can_login(sm.value(created["arn"], "AWSPREVIOUS"))
+        else:
+            assert current["username"] == username + ("_clone" if round_ == 1 else "")
+        # A re-run (a CloudFormation update, say) in between rotations must not undo them.
+        assert {k: v for k, v in bootstrap(Strategy=strategy).items() if k != "group"} == {
+            **current, "arn": created["arn"]}
+
+    assert len(set(passwords)) == 3
+    assert_never_logged(passwords, pg, capsys.readouterr().out)
+
+
+# --------------------------------------------------------------------------------- master secrets
+
+
+def test_rds_managed_master_secret_with_host_given(cluster, store_secret, sm, username) -> None:
+    managed = store_secret({"username": cluster["username"], "password": cluster["password"]},
+                           name=f"rds!db-{uuid.uuid4().hex[:8]}")
+    event = {"MasterSecretId": managed, "Username": username, "Host": cluster["host"],
+             "Port": str(cluster["port"]), "DBName": "appdb", "SSL": "false"}
+
+    response = handler.bootstrap(event, None)
+
+    secret = sm.value(response["SecretArn"])
+    assert secret["host"] == cluster["host"] and secret["port"] == cluster["port"]
+    assert response["SecretArn"].split(":")[-1].startswith(f"rds-db-credentials/{cluster['host']}/{username}")
+    assert select_titles(secret) == ["Bananas"]
+
+
+def test_bootstrap_over_tls_verifies_the_server(pg_tls, store_secret, sm, username, monkeypatch) -> None:
+    master = setup_aurora_like(pg_tls)
+    assert master["ssl"] is True
+    monkeypatch.setenv("PGSSLROOTCERT", str(pg_tls.ca_file))
+
+    response = handler.bootstrap({"MasterSecretId": store_secret(master), "Username": username}, None)
+
+    secret = sm.value(response["SecretArn"])
+    assert secret["ssl"] is True
+    assert select_titles(secret) == ["Bananas"]
+
+
+# --------------------------------------------------------------------------------------- failures
+
+
+@pytest.fixture
+def weak_master(pg: PostgresServer, cluster: dict[str, Any], store_secret) -> str:
+    """A master secret for a role without CREATEROLE (as if someone passed an application user)."""
+    name, password = f"weak_{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(24)
+    with pg.connect() as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256").decode()
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(verifier)))
+    return store_secret({**cluster, "username": name, "password": password})
+
+
+def _foreign_write_grant(pg: PostgresServer, role: str) -> None:
+    """A superuser's table, INSERT granted to ``role`` by the superuser: the master cannot revoke it."""
+    table = sql.Identifier(f"audit_{uuid.uuid4().hex[:8]}")
+    with pg.connect(dbname="appdb") as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (a int)").format(table))
+        conn.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(table, sql.Identifier(role)))
+
+
+@dataclass(frozen=True)
+class Failure:
+    keys: dict[str, Any]
+    error: type[RotationError]
+    message: tuple[str, ...]
+    #: Run before the bootstrap with (pg, cluster, make_app_user, weak_master, username); may return extra keys.
+    setup: Callable[..., dict[str, Any]] = field(default=lambda *_: {})
+
+
+FAILURES = {
+    "table-does-not-exist": Failure({"Tables": ["public.films", "public.nope"]}, BootstrapError,
+                                    ("public.nope", "do not exist", "appdb")),
+    "schema-does-not-exist": Failure({"Schemas": ["nope"]}, BootstrapError, ("schema 'nope' does not exist",)),
+    "master-without-createrole": Failure({}, PrivilegeError, ("neither CREATEROLE nor SUPERUSER",),
+                                         lambda pg, cluster, app, weak, user: {"MasterSecretId": weak}),
+    "unreachable-host": Failure({}, DatabaseUnreachable, ("cannot reach 127.0.0.1", "refused"),
+                                lambda *_: {"Port": closed_port()}),
+    "master-secret-does-not-exist": Failure({"MasterSecretId": "rds!cluster-missing"}, SecretsManagerError,
+                                            ("rds!cluster-missing", "ResourceNotFoundException")),
+    "write-privilege-the-master-cannot-revoke": Failure(
+        {}, BootstrapError, ("INSERT on table public.audit_", "granted by 'postgres'", "revoke them"),
+        lambda pg, cluster, app, weak, user: _foreign_write_grant(pg, app(user)["username"]) or {}),
+    "an-administrators-group-as-username": Failure({"Username": "rds_superuser"}, BootstrapError,
+                                                   ("administrators' group",)),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+def test_a_failure_says_why_and_creates_nothing(failure: Failure, pg, cluster, sm, master_arn, username,
+                                                make_app_user, weak_master) -> None:
+    existed_before = existing_roles(pg, username, "rds_superuser")
+    keys = {"MasterSecretId": master_arn, "Username": username, **failure.keys}
+    keys.update(failure.setup(pg, cluster, make_app_user, weak_master, username))
+    roles_before = existing_roles(pg, keys["Username"], keys["Username"] + "_readonly") | existed_before
+
+    with pytest.raises(failure.error) as caught:
+        handler.bootstrap(keys, None)
+
+    for fragment in failure.message:
+        assert fragment in str(caught.value)
+    assert cluster["password"] not in str(caught.value)
+    assert existing_roles(pg, keys["Username"], keys["Username"] + "_readonly") <= roles_before
+    assert not secret_exists(sm, f"rds-db-credentials/demo-cluster/{keys['Username']}")
+
+
+INVALID_EVENTS = {
+    "missing-username": ({"Username": None}, "'Username'"),
+    "missing-master-secret": ({"MasterSecretId": None}, "'MasterSecretId'"),
+    "unknown-key": ({"Schema": ["public"]}, "'Schema'"),
+    "port-not-a-number": ({"Port": "fivefourthreetwo"}, "'Port'"),
+    "strategy-unknown": ({"Strategy": "both"}, "'Strategy'"),
+    "table-without-schema": ({"Tables": ["films"]}, "'Tables'"),
+    "tables-not-a-list": ({"Tables": 5}, "'Tables'"),
+    "username-too-long": ({"Username": "u" * 64}, "'Username'"),
+    "reserved-username": ({"Username": "pg_reader"}, "'Username'"),
+    "group-same-as-username": ({"GroupRole": "reader"}, "'GroupRole'"),
+    "clone-name-for-alternating-users": ({"Username": "reader_clone", "Strategy": ALTERNATING}, "'Username'"),
+    "remove-on-delete-not-boolean": ({"RemoveOnDelete": "maybe"}, "'RemoveOnDelete'"),
+    "tags-wrong-shape": ({"Tags": ["team"]}, "'Tags'"),
+    "ssl-unknown-mode": ({"SSL": "prefer"}, "'SSL'"),
+    "secret-name-bad-characters": ({"SecretName": "my secret"}, "'SecretName'"),
+}
+
+
+@pytest.mark.parametrize(("change", "named"), INVALID_EVENTS.values(), ids=INVALID_EVENTS.keys())
+def test_an_invalid_event_names_the_bad_key(change: dict[str, Any], named: str) -> None:
+    event = {k: v for k, v in {"MasterSecretId": "rds!cluster-x", "Username": "reader", **change}.items()
+             if v is not None}
+    with pytest.raises(InvalidEventError) as caught:
+        handler.bootstrap(event, None)
+    assert named in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------- CloudFormation
+
+
+def test_cloudformation_create_update_delete(response_server: ResponseServer, master_arn, username, pg, sm,
+                                            cluster) -> None:
+    properties = {"MasterSecretId": master_arn, "Username": username, "Port": str(cluster["port"])}
+    context = LambdaContext("bootstrap", timeout_seconds=60)
+    name = f"rds-db-credentials/demo-cluster/{username}"
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Create", properties), context)
+    created = response_server.next_response()
+    assert (created["Status"], created["PhysicalResourceId"]) == ("SUCCESS", name), created["Reason"]
+    assert created["Data"]["Username"] == username and created["Data"]["SecretArn"].split(":")[-1].startswith(name)
+    secret = sm.value(name)
+    assert can_login(secret)
+
+    narrowed = {**properties, "Tables": ["public.films"]}
+    handler.bootstrap(custom_resource_event(response_server.url, "Update", narrowed, name,
+                                            OldResourceProperties=properties), context)
+    updated = response_server.next_response()
+    assert (updated["Status"], updated["PhysicalResourceId"]) == ("SUCCESS", name), updated["Reason"]
+    assert "SELECT on TABLES master_user creates in schema public (default privileges) from" in updated["Reason"]
+    assert select_titles(secret) == ["Bananas"]
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Delete", narrowed, name), context)
+    kept = response_server.next_response()
+    assert kept["Status"] == "SUCCESS" and "kept" in kept["Reason"]
+    assert can_login(secret) and secret_exists(sm, name), "Delete keeps the login unless RemoveOnDelete"
+
+    removable = {**narrowed, "RemoveOnDelete": "true"}
+    handler.bootstrap(custom_resource_event(response_server.url, "Delete", removable, name), context)
+    removed = response_server.next_response()
+    assert removed["Status"] == "SUCCESS", removed["Reason"]
+    assert existing_roles(pg, username, f"{username}_readonly") == set()
+    assert not secret_exists(sm, name)
+
+
+def test_a_failed_create_is_reported_and_its_rollback_removes_nothing(response_server: ResponseServer, master_arn,
+                                                                     make_app_user, pg) -> None:
+    """The stack's Create fails on a typo; the rollback's Delete must not drop a same-named login that existed."""
+    existing = make_app_user()
+    properties = {"MasterSecretId": master_arn, "Username": existing["username"], "Tables": ["public.flims"],
+                  "RemoveOnDelete": "true"}
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Create", properties), None)
+    failed = response_server.next_response()
+    assert failed["Status"] == "FAILED"
+    assert "public.flims" in failed["Reason"]
+    assert failed["PhysicalResourceId"].startswith(cfn.NOT_CREATED_PREFIX)
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Delete", properties,
+                                            failed["PhysicalResourceId"]), None)
+    assert response_server.next_response()["Status"] == "SUCCESS"
+    assert can_login(existing), "the login that existed before the stack is untouched"
+
+
+def test_cloudformation_delete_with_unparsable_properties_does_not_block_the_stack(
+        response_server: ResponseServer) -> None:
+    event = custom_resource_event(response_server.url, "Delete", {"Username": 5}, "rds-db-credentials/x/y")
+
+    handler.bootstrap(event, None)
+
+    assert response_server.next_response()["Status"] == "SUCCESS"

@@ -1,0 +1,211 @@
+"""CloudFormation custom-resource responses, received by a real HTTP server on 127.0.0.1.
+
+CloudFormation waits for one PUT to the pre-signed ResponseURL; these tests play S3's part and check that the
+answer always arrives, exactly once: on success, on an error, and before the Lambda times out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from rotation import cfn
+from rotation.exceptions import BootstrapError, InvalidEventError
+from rotation.local.lambda_context import LambdaContext
+
+
+@dataclass
+class ResponseServer:
+    """Collects the bodies PUT to it; ``fail_first`` answers that many requests with HTTP 500 first."""
+
+    url: str
+    received: queue.Queue = field(default_factory=queue.Queue)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    fail_first: int = 0
+
+    def next_response(self, timeout: float = 10) -> dict[str, Any]:
+        return self.received.get(timeout=timeout)
+
+    def assert_no_more(self, wait: float = 0.3) -> None:
+        with pytest.raises(queue.Empty):
+            self.received.get(timeout=wait)
+
+
+@contextlib.contextmanager
+def serve_responses() -> Iterator[ResponseServer]:
+    """A local stand-in for the S3 bucket behind ResponseURL."""
+    state = ResponseServer(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if state.fail_first > 0:
+                state.fail_first -= 1
+                self.send_response(500)
+                self.end_headers()
+                return
+            state.headers.append(dict(self.headers))
+            state.received.put(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    # A pre-signed URL carries its signature in the query string, as S3's do.
+    state.url = f"http://127.0.0.1:{server.server_port}/cfn-response?X-Amz-Signature=not-a-real-signature"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def response_server() -> Iterator[ResponseServer]:
+    with serve_responses() as server:
+        yield server
+
+
+def custom_resource_event(response_url: str, request_type: str = "Create", properties: dict | None = None,
+                          physical_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    event = {
+        "RequestType": request_type,
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:bootstrap",
+        "ResponseURL": response_url,
+        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/app-db-users/0c4e7a90",
+        "RequestId": str(uuid.uuid4()),
+        "ResourceType": "Custom::ReadOnlyUser",
+        "LogicalResourceId": "ReaderUser",
+        "ResourceProperties": {"ServiceToken": "arn:aws:lambda:...", **(properties or {})},
+        **extra,
+    }
+    if physical_id is not None:
+        event["PhysicalResourceId"] = physical_id
+    return event
+
+
+def succeed(_request: cfn.CustomResourceRequest) -> cfn.Outcome:
+    return cfn.Outcome("rds-db-credentials/demo/reader", "created", {"Username": "reader"})
+
+
+def fail_with_our_error(_request: cfn.CustomResourceRequest) -> cfn.Outcome:
+    raise BootstrapError("table(s) public.nope do not exist in database 'appdb'")
+
+
+def fail_unexpectedly(_request: cfn.CustomResourceRequest) -> cfn.Outcome:
+    raise ValueError("connection string host=db password=hunter2")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    work: Callable[[cfn.CustomResourceRequest], cfn.Outcome]
+    request_type: str
+    physical_id: str | None
+    status: str
+    expected_physical_id: str
+    reason_has: str
+    reason_lacks: str = "hunter2"
+
+
+SCENARIOS = {
+    "create-succeeds": Scenario(succeed, "Create", None, "SUCCESS", "rds-db-credentials/demo/reader", "created"),
+    "update-keeps-its-id-on-failure": Scenario(fail_with_our_error, "Update", "rds-db-credentials/demo/reader",
+                                               "FAILED", "rds-db-credentials/demo/reader", "public.nope"),
+    "failed-create-gets-a-not-created-id": Scenario(fail_with_our_error, "Create", None, "FAILED",
+                                                    cfn.NOT_CREATED_PREFIX, "public.nope do not exist"),
+    "unexpected-error-names-the-type-only": Scenario(fail_unexpectedly, "Create", None, "FAILED",
+                                                     cfn.NOT_CREATED_PREFIX, "unexpected ValueError"),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_every_outcome_is_answered_once(response_server: ResponseServer, scenario: Scenario) -> None:
+    event = custom_resource_event(response_server.url, scenario.request_type, physical_id=scenario.physical_id)
+
+    returned = cfn.serve(event, LambdaContext("bootstrap", timeout_seconds=60), scenario.work)
+
+    answer = response_server.next_response()
+    assert answer["Status"] == scenario.status == returned["Status"]
+    assert answer["PhysicalResourceId"].startswith(scenario.expected_physical_id)
+    assert scenario.reason_has in answer["Reason"]
+    assert scenario.reason_lacks not in answer["Reason"]
+    assert {k: answer[k] for k in ("StackId", "RequestId", "LogicalResourceId")} == {
+        k: event[k] for k in ("StackId", "RequestId", "LogicalResourceId")
+    }
+    # S3 checks the signature against the headers it was signed with: no content type.
+    assert response_server.headers[0].get("Content-Type", "") == ""
+    response_server.assert_no_more()
+
+
+def test_answers_failed_before_the_lambda_times_out(response_server: ResponseServer) -> None:
+    finished = threading.Event()
+
+    def slow(_request: cfn.CustomResourceRequest) -> cfn.Outcome:
+        time.sleep(1.0)
+        finished.set()
+        return succeed(_request)
+
+    # 5.3 s left and a 5 s margin: the timer answers after ~0.3 s, while the work still runs.
+    context = LambdaContext("bootstrap", timeout_seconds=5.3)
+    worker = threading.Thread(target=cfn.serve, args=(custom_resource_event(response_server.url), context, slow))
+    worker.start()
+
+    answer = response_server.next_response(timeout=3)
+    assert not finished.is_set(), "the answer came from the timer, before the work finished"
+    assert answer["Status"] == "FAILED"
+    assert "timeout" in answer["Reason"] and "Re-running is safe" in answer["Reason"]
+    assert answer["Reason"].count(context.log_stream_name) == 1
+    worker.join(timeout=5)
+    response_server.assert_no_more()
+
+
+def test_a_transient_s3_error_is_retried(response_server: ResponseServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cfn, "_PUT_BACKOFF_SECONDS", 0.01)
+    response_server.fail_first = 1
+    cfn.serve(custom_resource_event(response_server.url), None, succeed)
+    assert response_server.next_response()["Status"] == "SUCCESS"
+
+
+def test_a_long_reason_is_shortened_to_fit_cloudformations_limit(response_server: ResponseServer) -> None:
+    def verbose(_request: cfn.CustomResourceRequest) -> cfn.Outcome:
+        return cfn.Outcome("id", "granted SELECT on " + ", ".join(f"public.t{i}" for i in range(2000)))
+
+    cfn.serve(custom_resource_event(response_server.url), None, verbose)
+
+    answer = response_server.next_response()
+    assert len(json.dumps(answer).encode()) <= cfn.MAX_RESPONSE_BYTES
+    assert answer["Reason"].endswith("[truncated]")
+
+
+INVALID_REQUESTS = {
+    "unknown-request-type": ({"RequestType": "Replace"}, "RequestType"),
+    "update-without-physical-id": ({"RequestType": "Update"}, "PhysicalResourceId"),
+    "response-url-not-http": ({"ResponseURL": "file:///etc/passwd"}, "ResponseURL"),
+    "properties-not-an-object": ({"ResourceProperties": ["x"]}, "ResourceProperties"),
+}
+
+
+@pytest.mark.parametrize(("change", "key"), INVALID_REQUESTS.values(), ids=INVALID_REQUESTS.keys())
+def test_a_malformed_request_names_the_key(response_server: ResponseServer, change: dict, key: str) -> None:
+    event = {**custom_resource_event(response_server.url), **change}
+    with pytest.raises(InvalidEventError, match=key):
+        cfn.serve(event, None, succeed)
+
+
+def test_the_response_url_stays_out_of_reprs(response_server: ResponseServer) -> None:
+    request = cfn.CustomResourceRequest.parse(custom_resource_event(response_server.url))
+    assert "Signature" not in repr(request)
