@@ -6,6 +6,7 @@ import enum
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rotation.exceptions import ConfigurationError
 from rotation.passwords import PasswordPolicy
@@ -13,6 +14,21 @@ from rotation.passwords import PasswordPolicy
 DEFAULT_CONNECT_TIMEOUT = 5
 # libpq rounds anything below 2 seconds up to 2; say so instead of pretending.
 MIN_CONNECT_TIMEOUT = 2
+
+
+#: Where the build (Makefile) puts a CA bundle dropped into certs/: next to the package, /var/task/certs on Lambda.
+BUNDLED_CA = Path(__file__).resolve().parent.parent / "certs" / "global-bundle.pem"
+
+
+def default_ssl_root_cert(env: Mapping[str, str]) -> str | None:
+    """PGSSLROOTCERT when set; else the RDS bundle shipped in the artifact; else None (system trust store).
+
+    RDS and Aurora certificates are signed by Amazon RDS CAs that no system trust store carries, so a
+    bundled file is picked up without anyone having to know its path.
+    """
+    if env.get("PGSSLROOTCERT"):
+        return env["PGSSLROOTCERT"]
+    return str(BUNDLED_CA) if BUNDLED_CA.is_file() else None
 
 
 class StrategyName(enum.StrEnum):
@@ -51,6 +67,6 @@ class Settings:
             strategy=strategy,
             password_policy=PasswordPolicy.from_env(env),
             connect_timeout=timeout,
-            ssl_root_cert=env.get("PGSSLROOTCERT") or None,
+            ssl_root_cert=default_ssl_root_cert(env),
             secrets_manager_endpoint=env.get("SECRETS_MANAGER_ENDPOINT") or None,
         )

@@ -23,6 +23,7 @@ from rotation.exceptions import (
     TLSError,
     VerificationError,
 )
+from rotation.observability import logger
 
 APPLICATION_NAME = "secrets-rotation"
 _TLS_MARKERS = ("ssl", "certificate", "tls")
@@ -107,6 +108,8 @@ class PostgresDatabase:
     @contextmanager
     def connect(self, creds: DatabaseCredentials) -> Iterator[psycopg.Connection]:
         self.connection_attempts += 1
+        if creds.sslmode == "disable":
+            logger.warning(f'connecting to {creds.address} without TLS because the secret says "ssl": false')
         try:
             conn = psycopg.connect(**self.connect_params(creds), autocommit=True)
         except psycopg.OperationalError as exc:

@@ -217,3 +217,22 @@ def test_passwords_do_not_repeat():
 def test_secret_document_round_trips_through_json():
     creds = parse(VALID_SECRET)
     assert json.loads(json.dumps(creds.replaced(username="x"))) == {**VALID_SECRET, "username": "x"}
+
+
+@pytest.mark.parametrize(
+    ("env", "bundled", "expected"),
+    [
+        pytest.param({"PGSSLROOTCERT": "/etc/ca.pem"}, True, "/etc/ca.pem", id="explicit-wins"),
+        pytest.param({}, True, "BUNDLE", id="bundled-rds-ca"),
+        pytest.param({}, False, None, id="system-trust-store"),
+    ],
+)
+def test_ca_bundle_resolution(tmp_path, monkeypatch, env, bundled, expected):
+    from rotation import config
+
+    bundle = tmp_path / "certs" / "global-bundle.pem"
+    if bundled:
+        bundle.parent.mkdir()
+        bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(config, "BUNDLED_CA", bundle)
+    assert Settings.from_env(env).ssl_root_cert == (str(bundle) if expected == "BUNDLE" else expected)

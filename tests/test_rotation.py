@@ -376,3 +376,11 @@ def test_wrong_current_password_is_reported_as_a_refused_login(sm, user_secret, 
             psycopg.sql.Identifier(original["username"])))
     with pytest.raises(LoginRefused, match="refusing to use the admin secret"):
         rotate(sm, arn)
+
+
+def test_ssl_false_rotates_in_plaintext_but_says_so(sm, user_secret, capsys):
+    arn, _ = user_secret(ssl=False)
+    rotate(sm, arn)
+    warnings = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                if line.startswith("{") and '"WARNING"' in line]
+    assert any('without TLS because the secret says "ssl": false' in line["message"] for line in warnings)
