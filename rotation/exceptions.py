@@ -101,6 +101,9 @@ class BootstrapError(RotationError):
 
 
 class LocalToolError(RotationError):
-    """Local tooling (demo, embedded PostgreSQL, moto server) is missing a binary, a package or a port."""
+    """A local component (PostgreSQL binaries, moto, certificates, a port) is missing or failed to start.
+
+    The message always names the fix: a package to install, an option or environment variable to set.
+    """
 
     code = "LocalToolError"

@@ -12,16 +12,7 @@ when used, and their absence is reported as a :class:`LocalToolError` that says 
 
 from __future__ import annotations
 
-from rotation.exceptions import RotationError
-
-
-class LocalToolError(RotationError):
-    """A local component (PostgreSQL binaries, moto, certificates) is missing or failed to start.
-
-    The message always names the fix: a package to install, an option or environment variable to set.
-    """
-
-    code = "LocalToolError"
-
+# One error hierarchy: the class lives in rotation.exceptions and is re-exported for local callers.
+from rotation.exceptions import LocalToolError
 
 __all__ = ["LocalToolError"]
