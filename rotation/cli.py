@@ -7,11 +7,13 @@ Each subcommand lives in its own module exposing ``HELP`` (one line), ``configur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
 
 from rotation.exceptions import RotationError
+from rotation.observability import logs_to_stderr
 
 #: name -> module. Modules are imported when the parser is built: `--help` must list every command.
 COMMANDS = {
@@ -51,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Machine-readable modes keep stdout for their one JSON document.
+    quiet_stdout = logs_to_stderr() if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return args.handler(args)
+        with quiet_stdout:
+            return args.handler(args)
     except RotationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

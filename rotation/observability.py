@@ -26,12 +26,15 @@ DEFAULT_NAMESPACE = "SecretsRotation"
 
 
 
+_log_to_stderr = False
+
+
 class _CurrentStdoutHandler(logging.StreamHandler):
     """Write to whatever sys.stdout is at emit time, as Lambda's runtime and test capture both expect."""
 
     @property
     def stream(self):
-        return sys.stdout
+        return sys.stderr if _log_to_stderr else sys.stdout
 
     @stream.setter
     def stream(self, _value) -> None:
@@ -43,6 +46,17 @@ logger = Logger(
     utc=True,
     logger_handler=_CurrentStdoutHandler(),
 )
+
+
+@contextmanager
+def logs_to_stderr() -> Iterator[None]:
+    """Send log lines to stderr, for command-line modes whose stdout must be one machine-readable document."""
+    global _log_to_stderr  # a process-wide switch, set only by the CLI's main thread
+    previous, _log_to_stderr = _log_to_stderr, True
+    try:
+        yield
+    finally:
+        _log_to_stderr = previous
 
 
 def annotate(**keys: object) -> None:

@@ -18,7 +18,6 @@ exit status: 0 rotated, 1 a step failed or the rotation was refused, 2 usage err
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from typing import TextIO
@@ -60,16 +59,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         store = SecretsManagerStore(secrets_manager_client(settings.secrets_manager_endpoint))
-        # With --json, stdout carries exactly one JSON document: the function's own log lines go to stderr.
-        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            report = rotate_now(
-                store,
-                lambda: build_database(settings),
-                settings,
-                args.secret_id,
-                token=args.token,
-                on_step=None if args.json else _print_step,
-            )
+        report = rotate_now(
+            store,
+            lambda: build_database(settings),
+            settings,
+            args.secret_id,
+            token=args.token,
+            on_step=None if args.json else _print_step,
+        )
     except RotationError as exc:
         if not args.json:
             raise  # the CLI prints "error: ..." and exits 1
