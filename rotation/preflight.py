@@ -46,7 +46,7 @@ from rotation.exceptions import (
 )
 from rotation.observability import logger
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
-from rotation.protocol import AlternatingUsers, Strategy, _Reads, choose_strategy, original_role, toggle_clone
+from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
 from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
@@ -491,7 +491,7 @@ class Preflight:
             return skip("no masterarn: single-user rotation, the user changes its own password")
         try:
             # The rotation's own read, including its refusal to send admin credentials to another host.
-            admin = _Reads(facts.store, facts.metadata).admin(creds)
+            admin = SecretReads(facts.store, facts.metadata).admin(creds)
         except RotationStateError as exc:
             return fail(str(exc), "give both secrets the same host, or the same dbClusterIdentifier")
         return ok(f"admin secret {creds.masterarn} is readable: user {admin.username!r} at {admin.address}",

@@ -46,7 +46,7 @@ def original_role(username: str) -> str:
     return username.removesuffix(CLONE_SUFFIX)
 
 
-class _Reads:
+class SecretReads:
     """Secret reads for one step, parsed and named for error messages."""
 
     def __init__(self, store: SecretStore, metadata: SecretMetadata) -> None:
@@ -107,7 +107,7 @@ class SingleUser:
     def member_of(self, pending: DatabaseCredentials) -> str | None:
         return None
 
-    def set_password(self, reads: _Reads, db: Database, current: DatabaseCredentials,
+    def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
                      pending: DatabaseCredentials) -> str:
         if pending.username != current.username:
             raise RotationStateError(
@@ -138,7 +138,7 @@ class SingleUser:
         )
 
     @staticmethod
-    def _previous(reads: _Reads) -> DatabaseCredentials | None:
+    def _previous(reads: SecretReads) -> DatabaseCredentials | None:
         if reads.metadata.version_with(AWSPREVIOUS) is None:
             return None
         return reads.user(AWSPREVIOUS)
@@ -153,7 +153,7 @@ class AlternatingUsers:
     def member_of(self, pending: DatabaseCredentials) -> str | None:
         return original_role(pending.username)
 
-    def set_password(self, reads: _Reads, db: Database, current: DatabaseCredentials,
+    def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
                      pending: DatabaseCredentials) -> str:
         expected = toggle_clone(current.username)
         if pending.username != expected:
@@ -213,7 +213,7 @@ class Rotation:
             Step.TEST: self._test_secret,
             Step.FINISH: self._finish_secret,
         }
-        return steps[event.step](event, _Reads(self._store, metadata))
+        return steps[event.step](event, SecretReads(self._store, metadata))
 
     @staticmethod
     def _check_token(metadata: SecretMetadata, event: RotationEvent) -> StepOutcome | None:
@@ -236,7 +236,7 @@ class Rotation:
         self._annotate(strategy=str(strategy.name), username=secret.username)
         return strategy
 
-    def _create_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+    def _create_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
         arn = reads.metadata.arn
         current = reads.user(AWSCURRENT)
         strategy = self._strategy(current, arn)
@@ -253,7 +253,7 @@ class Rotation:
         return StepOutcome(event.step, f"stored new credentials for {username!r} as AWSPENDING", True,
                            strategy.name, username)
 
-    def _set_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+    def _set_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
         arn = reads.metadata.arn
         current = reads.user(AWSCURRENT)
         pending = reads.user(AWSPENDING, event.token)
@@ -262,7 +262,7 @@ class Rotation:
         action = strategy.set_password(reads, self._database_factory(), current, pending)
         return StepOutcome(event.step, action, True, strategy.name, pending.username)
 
-    def _test_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+    def _test_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
         # AWSPENDING was copied from AWSCURRENT, masterarn included, so it alone tells the strategy.
         pending = reads.user(AWSPENDING, event.token)
         strategy = self._strategy(pending, reads.metadata.arn)
@@ -270,7 +270,7 @@ class Rotation:
         return StepOutcome(event.step, f"AWSPENDING logs in as {pending.username!r} with the expected privileges",
                            False, strategy.name, pending.username)
 
-    def _finish_secret(self, event: RotationEvent, reads: _Reads) -> StepOutcome:
+    def _finish_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
         current_version = reads.metadata.version_with(AWSCURRENT)
         self._store.move_current(reads.metadata.arn, event.token, current_version)
         return StepOutcome(event.step, f"AWSCURRENT moved to version {event.token} from {current_version}", True)
