@@ -263,8 +263,11 @@ class BootstrapRequest:
         raw_tables = props.names("Tables")
         tables = None if raw_tables is None else tuple(_table_name(t, what) for t in raw_tables)
         schemas = props.names("Schemas")
-        if schemas is None:
-            schemas = tuple(dict.fromkeys(t.schema for t in tables)) if tables else DEFAULT_SCHEMAS
+        if tables:
+            # USAGE is needed on every listed table's schema, whether or not Schemas names it.
+            schemas = tuple(dict.fromkeys((*(schemas or ()), *(t.schema for t in tables))))
+        elif schemas is None:
+            schemas = DEFAULT_SCHEMAS
         for schema in schemas:
             if len(schema.encode()) > MAX_IDENTIFIER_BYTES:
                 raise props.bad("Schemas", f"a list of names of at most {MAX_IDENTIFIER_BYTES} bytes")
@@ -534,9 +537,11 @@ class DatabasePlan:
     username: str
     clone: str | None
     roles: dict[str, RoleState]
+    #: Schemas to grant USAGE on (those where PUBLIC's USAGE must do are left out).
     schemas: tuple[str, ...]
     relations: tuple[Relation, ...]
-    default_privileges: bool
+    #: Schemas whose future tables the group reads (empty with ``Tables``).
+    default_privilege_schemas: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -549,9 +554,8 @@ class DatabasePlan:
         wanted |= {("schema", None, schema, None, "USAGE", group) for schema in self.schemas}
         wanted |= {("sequence" if r.is_sequence else "table", r.schema, r.name, None, "SELECT", group)
                    for r in self.relations}
-        if self.default_privileges:
-            wanted |= {("default", schema, self.master, objtype, "SELECT", group)
-                       for schema in self.schemas for objtype in ("r", "S")}
+        wanted |= {("default", schema, self.master, objtype, "SELECT", group)
+                   for schema in self.default_privilege_schemas for objtype in ("r", "S")}
         return wanted
 
 
@@ -631,7 +635,8 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest) -> Dat
     plan = DatabasePlan(
         master=master, dbname=dbname, server_version=version, group_role=request.group_role,
         username=request.username, clone=request.clone if request.clone in roles else None, roles=roles,
-        schemas=tuple(schemas), relations=tuple(relations), default_privileges=request.tables is None,
+        schemas=tuple(schemas), relations=tuple(relations),
+        default_privilege_schemas=request.schemas if request.tables is None else (),
         warnings=warnings,
     )
     # Raises now, before anything is created, if the read-only promise could not be kept.

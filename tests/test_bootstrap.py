@@ -189,6 +189,17 @@ def test_tables_created_after_the_bootstrap(bootstrap, cluster, keys, later_tabl
     assert select_titles(credentials(secret)) == ["Bananas"]
 
 
+def test_a_listed_table_in_another_schema_is_readable_and_nothing_else(bootstrap, cluster) -> None:
+    schema = f"sales_{uuid.uuid4().hex[:8]}"
+    master_execute(cluster, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    master_execute(cluster, sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(schema, "Orders")))
+
+    secret = bootstrap(Tables=[f'{schema}."Orders"'])
+
+    assert sqlstate_of(secret, f'SELECT * FROM {schema}."Orders"') is None
+    assert sqlstate_of(secret, "SELECT * FROM public.films") == "42501"
+
+
 def test_the_secret_is_in_rds_format_under_the_query_editors_prefix(bootstrap, cluster, username, master_arn,
                                                                     sm) -> None:
     kms_key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
