@@ -1088,10 +1088,12 @@ class Bootstrapper:
 
 
 def build_bootstrapper(settings: Settings | None = None) -> Bootstrapper:
+    from rotation.handler import build_database  # the rotation function's own adapter settings, not a copy
+
     settings = settings or Settings.from_env()
     return Bootstrapper(
         BootstrapSecrets(secrets_manager_client(settings.secrets_manager_endpoint)),
-        PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert),
+        build_database(settings),
         settings,
     )
 
