@@ -127,6 +127,21 @@ class LocalSecretsManager:
         """Store ``value`` as JSON under ``name`` (AWSCURRENT); returns the ARN."""
         return self._api.create_secret(Name=name, SecretString=json.dumps(dict(value)), **kwargs)["ARN"]
 
+    def put_current(self, secret_id: str, value: Mapping[str, Any]) -> str:
+        """Store ``value`` as a new AWSCURRENT version, as editing the secret in the console does; returns its id.
+
+        moto's PutSecretValue relabels the version it last made current itself, not the one a rotation's
+        UpdateSecretVersionStage moved AWSCURRENT to, and would leave two AWSCURRENT versions after a rotation;
+        its model is pointed at the real AWSCURRENT version first.
+        """
+        secret = self._model(secret_id, "PutSecretValue")
+        for version_id, version in secret.versions.items():
+            if "AWSCURRENT" in version["version_stages"]:
+                secret.default_version_id = version_id
+        return self._api.put_secret_value(
+            SecretId=secret_id, SecretString=json.dumps(dict(value)), VersionStages=["AWSCURRENT"]
+        )["VersionId"]
+
     def value(self, secret_id: str, stage: str = "AWSCURRENT", version_id: str | None = None) -> dict[str, Any]:
         """The JSON value at ``stage`` (always passing the stage: moto can return a stale version without it)."""
         kwargs: dict[str, str] = {"SecretId": secret_id, "VersionStage": stage}
