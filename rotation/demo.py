@@ -1,0 +1,695 @@
+"""``rotation demo``: the story the project exists for, played end to end on real components.
+
+A real PostgreSQL (SCRAM-SHA-256 over TCP, every statement logged) set up the way Aurora sets up its master
+user, and the Secrets Manager API served by moto over HTTP, both started here and stopped here. Each step of
+the story is a function that does one thing through the same code paths as production (the bootstrap and
+rotation Lambda handlers, invoked in-process with the events the service sends) and then checks the outcome a
+user cares about against the real components: a login accepted or refused, an INSERT refused with SQLSTATE
+42501, which version AWSCURRENT labels. A failed check makes the demo fail; nothing here only prints.
+
+No password is ever shown: secret documents are printed masked, and the last step proves that neither the
+server's statement log nor the function's log lines ever held one of the passwords the story used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.errors
+
+from rotation.events import Step
+from rotation.exceptions import LocalToolError
+from rotation.local.aurora import secret_conninfo, setup_aurora_like
+from rotation.local.lambda_context import LambdaContext
+from rotation.local.postgres import PostgresServer, find_bindir, start_postgres
+from rotation.local.secretsmanager import LocalSecretsManager
+from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS
+from rotation.protocol import CLONE_SUFFIX
+
+READER = "reader_user"
+READER_CLONE = READER + CLONE_SUFFIX
+DBNAME = "appdb"
+MASK = "********"
+ROTATION_STEPS = (Step.CREATE, Step.SET, Step.TEST, Step.FINISH)
+INSERT_FILM = "INSERT INTO films (code, title, did) VALUES ('UA503', 'Sleeper', 105)"
+SELECT_FILMS = "SELECT code, title FROM films ORDER BY code"
+PERMISSION_DENIED_FILMS = "permission denied for table films"
+
+# libpq reports a refused login without a SQLSTATE: the message is all there is to match.
+_REFUSED_LOGIN = ("password authentication failed", "is not permitted to log in")
+# Variables that could send the story's SDK calls to a real account or change which strategy it shows.
+_SCRUBBED_PREFIXES = ("AWS_",)
+_SCRUBBED_NAMES = ("ROTATION_STRATEGY",)
+_LOG_STATEMENT = re.compile(r"\] (?P<user>[^@\s]*)@(?P<db>\S*) LOG:  statement: (?P<sql>.*)$")
+_PASSWORD_STATEMENT = re.compile(r"^(CREATE|ALTER) ROLE .*PASSWORD '(?P<value>[^']*)'", re.IGNORECASE)
+
+
+# ============================================================================================ the report
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class StepReport:
+    """What one step of the story did (``lines``, for a person), verified (``checks``) and measured."""
+
+    number: int
+    title: str
+    lines: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def say(self, line: str = "") -> None:
+        self.lines.append(line)
+
+    def check(self, name: str, passed: bool, detail: str = "") -> bool:
+        self.checks.append(Check(name, bool(passed), detail))
+        return bool(passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "title": self.title,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "lines": list(self.lines),
+            "checks": [check.to_dict() for check in self.checks],
+            "figures": dict(self.figures),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Where the story ran, so a person (``--keep``) or a test can look at it. No passwords."""
+
+    postgres_host: str
+    postgres_port: int
+    postgres_version: int
+    postgres_bindir: str
+    data_dir: str
+    workdir: str
+    endpoint_url: str
+    region: str
+    master_secret_arn: str = ""
+    reader_secret_arn: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "postgres": {"host": self.postgres_host, "port": self.postgres_port, "version": self.postgres_version,
+                         "bindir": self.postgres_bindir, "data_dir": self.data_dir, "workdir": self.workdir},
+            "secrets_manager": {"endpoint_url": self.endpoint_url, "region": self.region},
+            "secrets": {"master": self.master_secret_arn, READER: self.reader_secret_arn},
+        }
+
+
+@dataclass(slots=True)
+class DemoReport:
+    steps: list[StepReport]
+    seconds: float
+    resources: Resources | None
+    #: Steps left out because an earlier one failed.
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def checks(self) -> list[Check]:
+        return [check for step in self.steps for check in step.checks]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and not self.skipped and all(step.ok for step in self.steps)
+
+    @property
+    def figures(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for step in self.steps:
+            merged.update(step.figures)
+        merged["checks_passed"] = sum(check.passed for check in self.checks)
+        merged["checks_failed"] = sum(not check.passed for check in self.checks)
+        merged["demo_seconds"] = round(self.seconds, 2)
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "steps": [step.to_dict() for step in self.steps],
+            "skipped_steps": list(self.skipped),
+            "checks": [{"step": step.number, **check.to_dict()} for step in self.steps for check in step.checks],
+            "figures": self.figures,
+            "resources": self.resources.to_dict() if self.resources else None,
+        }
+
+
+# ============================================================================================ the story's state
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    pg_bin: str | None = None
+    #: 0: a free port.
+    pg_port: int = 0
+    sm_port: int = 0
+
+
+@dataclass(eq=False)
+class Story:
+    """What the steps share: the running components and the secrets created so far."""
+
+    options: DemoOptions
+    bindir: Path
+    cleanup: contextlib.ExitStack
+    server: PostgresServer | None = None
+    secrets: LocalSecretsManager | None = None
+    master_arn: str = ""
+    reader_arn: str = ""
+    #: Every JSON log line and metric document the Lambda handlers printed.
+    function_log: io.StringIO = field(default_factory=io.StringIO, repr=False)
+
+    @property
+    def pg(self) -> PostgresServer:
+        if self.server is None:
+            raise LocalToolError("PostgreSQL is not running (the first step did not complete)")
+        return self.server
+
+    @property
+    def sm(self) -> LocalSecretsManager:
+        if self.secrets is None:
+            raise LocalToolError("the local Secrets Manager is not running (the first step did not complete)")
+        return self.secrets
+
+    def value(self, secret_id: str, stage: str = AWSCURRENT) -> dict[str, Any]:
+        return self.sm.value(secret_id, stage)
+
+    def resources(self) -> Resources | None:
+        if self.server is None or self.secrets is None:
+            return None
+        return Resources(
+            postgres_host=self.server.host, postgres_port=self.server.port, postgres_version=self.server.version,
+            postgres_bindir=str(self.server.bindir), data_dir=str(self.server.data_dir),
+            workdir=str(self.server.workdir), endpoint_url=self.secrets.endpoint_url, region=self.secrets.region,
+            master_secret_arn=self.master_arn, reader_secret_arn=self.reader_arn,
+        )
+
+
+# ============================================================================================ helpers
+
+
+def masked(document: Mapping[str, Any]) -> str:
+    """The secret's JSON as the console shows it, with the password replaced."""
+    shown = {key: (MASK if key == "password" else value) for key, value in document.items()}
+    return json.dumps(shown, indent=2)
+
+
+def _indented(text: str, prefix: str = "    ") -> list[str]:
+    return [prefix + line for line in text.splitlines()]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def login_accepted(secret: Mapping[str, Any]) -> bool:
+    """True if the server accepts the secret's credentials, False if it refuses them; anything else raises.
+
+    A server that is down must not count as "the old password is refused".
+    """
+    try:
+        with psycopg.connect(**secret_conninfo(secret), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        if any(message in str(exc) for message in _REFUSED_LOGIN):
+            return False
+        raise
+    return True
+
+
+def _attempt(conn: psycopg.Connection, statement: str) -> tuple[str | None, str]:
+    """Run ``statement``; return (None, "ok") or the SQLSTATE and the server's message of its refusal."""
+    try:
+        conn.execute(statement)
+    except psycopg.errors.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        return exc.sqlstate, message
+    return None, "ok"
+
+
+def _superuser_value(server: PostgresServer, query: str, params: Sequence[Any] = ()) -> Any:
+    with server.connect(dbname=DBNAME) as conn:
+        row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def _role_exists(server: PostgresServer, name: str) -> bool:
+    return bool(_superuser_value(server, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)))
+
+
+def _logged_statements(server: PostgresServer) -> list[tuple[str, str, str]]:
+    """(user, database, statement) for every statement line in the server log."""
+    found = []
+    for line in server.server_log().splitlines():
+        match = _LOG_STATEMENT.search(line)
+        if match:
+            found.append((match["user"], match["db"], match["sql"]))
+    return found
+
+
+def scram_verifier_matches(verifier: str, password: str) -> bool:
+    """Whether ``verifier`` (``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``) encodes ``password``.
+
+    RFC 5802/7677 as PostgreSQL stores it. SASLprep is skipped: it leaves the ASCII passwords the password
+    policy generates unchanged.
+    """
+    match = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", verifier)
+    if match is None:
+        return False
+    iterations, salt, stored_key, server_key = match.groups()
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    expected_stored = base64.b64encode(hashlib.sha256(client_key).digest()).decode()
+    expected_server = base64.b64encode(hmac.new(salted, b"Server Key", "sha256").digest()).decode()
+    return hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(expected_server, server_key)
+
+
+@contextlib.contextmanager
+def aws_environment(secrets: LocalSecretsManager) -> Iterator[None]:
+    """Point every AWS SDK call at the local endpoint, and put the caller's environment back afterwards.
+
+    Every AWS_* variable is removed first (profiles, role ARNs, container credentials, AWS_ENDPOINT_URL), so
+    credentials a person has configured can never make the demo touch a real account.
+    """
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(_SCRUBBED_PREFIXES) or name in _SCRUBBED_NAMES:
+            del os.environ[name]
+    os.environ.update(secrets.env())
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+@dataclass(frozen=True, slots=True)
+class RotationRun:
+    token: str
+    #: (step, seconds, action) for each of the four invocations.
+    steps: tuple[tuple[Step, float, str], ...]
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds, _ in self.steps)
+
+
+def rotate_immediately(story: Story, secret_arn: str) -> RotationRun:
+    """What "Rotate secret immediately" does: stage AWSPENDING, then invoke the rotation handler four times."""
+    from rotation.handler import rotate
+
+    token = story.sm.stage_pending(secret_arn)
+    steps = []
+    for step in ROTATION_STEPS:
+        event = {"Step": step.value, "SecretId": secret_arn, "ClientRequestToken": token}
+        context = LambdaContext(function_name="RotationFunction", timeout_seconds=30)
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(story.function_log):
+            response = rotate(event, context)
+        steps.append((step, time.perf_counter() - started, str(response.get("action", ""))))
+    return RotationRun(token, tuple(steps))
+
+
+def _report_rotation(report: StepReport, run: RotationRun, label: str) -> None:
+    report.say(f"{label}: token {run.token}")
+    key = re.sub(r"\W", "_", label)
+    for step, seconds, action in run.steps:
+        report.say(f"    {step.value:<13} {_ms(seconds):>8.1f} ms  {action}")
+        report.figures[f"{key}_{step.value}_ms"] = _ms(seconds)
+    report.figures[f"{key}_total_ms"] = _ms(run.seconds)
+
+
+def _check_stages(report: StepReport, story: Story, secret_arn: str, run: RotationRun, label: str) -> str | None:
+    """AWSCURRENT on the new version, AWSPENDING nowhere else: what lets the next rotation start."""
+    stages = story.sm.stages(secret_arn)
+    current = next((version for version, labels in stages.items() if AWSCURRENT in labels), None)
+    stray_pending = [version for version, labels in stages.items() if AWSPENDING in labels and AWSCURRENT not in labels]
+    report.check(f"{label}: AWSCURRENT moved to the rotation's version", current == run.token,
+                 f"AWSCURRENT is on {current}")
+    report.check(f"{label}: no AWSPENDING left on another version", not stray_pending,
+                 f"stray AWSPENDING on {stray_pending}" if stray_pending else "the next rotation can start")
+    return current
+
+
+# ============================================================================================ the steps
+
+
+def create_cluster(story: Story, report: StepReport) -> StepReport:
+    """Start PostgreSQL (SCRAM) and Secrets Manager; the master user as Aurora makes it, and its secret."""
+    options = story.options
+
+    started = time.perf_counter()
+    try:
+        story.secrets = LocalSecretsManager(port=options.sm_port)
+    except LocalToolError as exc:
+        if options.sm_port and "already in use" in str(exc):
+            raise LocalToolError(f"port {options.sm_port} on 127.0.0.1 (asked for the Secrets Manager endpoint) is "
+                                 "already in use: stop what listens there, or pass another --sm-port (0 picks a "
+                                 "free one)") from exc
+        raise
+    story.cleanup.callback(story.secrets.stop)
+    report.figures["secrets_manager_start_ms"] = _ms(time.perf_counter() - started)
+    story.cleanup.enter_context(aws_environment(story.secrets))
+
+    started = time.perf_counter()
+    story.server = start_postgres(story.bindir, port=options.pg_port, log_statement="all")
+    story.cleanup.callback(story.server.stop)
+    report.figures["postgres_start_ms"] = _ms(time.perf_counter() - started)
+    report.figures["postgres_version"] = story.server.version
+    server = story.server
+
+    started = time.perf_counter()
+    master = setup_aurora_like(server, dbname=DBNAME)
+    # Aurora names each cluster; a fresh identifier per run keeps secret names apart when moto's state is shared.
+    master["dbClusterIdentifier"] = f"demo-cluster-{uuid.uuid4().hex[:8]}"
+    story.master_arn = story.sm.create_secret(
+        f"rds!cluster-{uuid.uuid4()}", master,
+        Description=f"Master credentials of {master['dbClusterIdentifier']} (RDS-style master secret)",
+    )
+    report.figures["cluster_setup_ms"] = _ms(time.perf_counter() - started)
+
+    report.say(f"PostgreSQL {server.version} on {server.host}:{server.port} ({server.bindir}), "
+               f"every statement logged to {server.log_file}")
+    report.say(f"Secrets Manager API (moto) at {story.sm.endpoint_url}")
+    report.say(f"master secret {story.master_arn}:")
+    report.lines += _indented(masked(master))
+
+    facts = _superuser_value(
+        server,
+        "SELECT json_build_object('super', r.rolsuper, 'createrole', r.rolcreaterole, "
+        "'scram', r.rolpassword LIKE 'SCRAM-SHA-256$%%', "
+        "'owner', (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s), "
+        "'encryption', current_setting('password_encryption')) FROM pg_authid r WHERE r.rolname = %s",
+        (DBNAME, master["username"]),
+    )
+    report.check("the master is not a superuser, as on Aurora", facts and facts["super"] is False,
+                 f"{master['username']}: rolsuper={facts and facts['super']}")
+    report.check("the master has CREATEROLE", facts and facts["createrole"] is True)
+    report.check(f"the master owns database {DBNAME}", facts and facts["owner"] == master["username"],
+                 f"owner: {facts and facts['owner']}")
+    report.check("passwords are stored as SCRAM-SHA-256 verifiers",
+                 facts and facts["scram"] is True and facts["encryption"] == "scram-sha-256",
+                 f"password_encryption={facts and facts['encryption']}")
+    stored = story.value(story.master_arn)
+    report.check("the master secret, read back by ARN, logs in over TCP", login_accepted(stored))
+    wrong = {**stored, "password": stored["password"][::-1] + "x"}
+    report.check("a wrong password is refused (authentication is enforced, not trust)", not login_accepted(wrong))
+    return report
+
+
+def create_films(story: Story, report: StepReport) -> StepReport:
+    """The master creates ``films`` and inserts a row; shown from the server's own statement log."""
+    master = story.value(story.master_arn)
+    statements = [statement for user, db, statement in _logged_statements(story.pg)
+                  if user == master["username"] and db == DBNAME
+                  and re.match(r"(CREATE TABLE|INSERT INTO) .*films", statement)]
+    report.say(f"the server log shows {master['username']} ran, in {DBNAME}:")
+    report.lines += [f"    {statement};" for statement in statements]
+    report.check("the master ran CREATE TABLE films and an INSERT (statement log)",
+                 {s.split(" ", 1)[0] for s in statements} >= {"CREATE", "INSERT"},
+                 f"{len(statements)} statements found")
+    owner = _superuser_value(story.pg, "SELECT tableowner::text FROM pg_tables WHERE schemaname = 'public' "
+                                       "AND tablename = 'films'")
+    report.check("films is owned by the master", owner == master["username"], f"owner: {owner}")
+    with psycopg.connect(**secret_conninfo(master), autocommit=True) as conn:
+        rows = conn.execute(SELECT_FILMS).fetchall()
+    report.say(f"    {SELECT_FILMS};  ->  {rows}")
+    report.check("the master reads the row back", ("UA502", "Bananas") in rows, f"{len(rows)} row(s)")
+    report.figures["films_rows"] = len(rows)
+    return report
+
+
+def bootstrap_reader(story: Story, report: StepReport) -> StepReport:
+    """``reader_user`` with SELECT on films, through the bootstrap Lambda handler."""
+    from rotation.handler import bootstrap
+
+    # events/bootstrap.json, for this cluster: the master secret names the host and port.
+    event = {"MasterSecretId": story.master_arn, "Username": READER, "DBName": DBNAME, "Schemas": ["public"],
+             "Tables": ["public.films"], "Strategy": "single-user"}
+    report.say("event: " + json.dumps(event))
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(story.function_log):
+        response = bootstrap(event, LambdaContext(function_name="BootstrapFunction", timeout_seconds=60))
+    report.figures["bootstrap_ms"] = _ms(time.perf_counter() - started)
+    story.reader_arn = response.get("SecretArn", "")
+    report.say(f"response: {json.dumps(response)}")
+
+    secret = story.value(story.reader_arn)
+    report.say(f"secret {story.reader_arn}:")
+    report.lines += _indented(masked(secret))
+    name = story.sm.client().describe_secret(SecretId=story.reader_arn)["Name"]
+    report.check("the function answered with the secret's ARN, the user and its group role",
+                 response.get("Username") == READER and response.get("GroupRole") == f"{READER}_readonly"
+                 and story.reader_arn.startswith("arn:aws:secretsmanager:"), f"secret name {name}")
+    report.check("the secret is RDS-format, for this server and database",
+                 (secret.get("username"), secret.get("host"), secret.get("port"), secret.get("dbname"))
+                 == (READER, story.pg.host, story.pg.port, DBNAME))
+    member = _superuser_value(story.pg, "SELECT pg_has_role(%s, %s, 'MEMBER')", (READER, f"{READER}_readonly"))
+    report.check(f"{READER} is a member of {READER}_readonly", member is True)
+    report.check(f"{READER} logs in with the secret", login_accepted(secret))
+    return report
+
+
+def query_editor(story: Story, report: StepReport) -> StepReport:
+    """The Query Editor's way: username and password from the secret by ARN; SELECT works, INSERT refused."""
+    response = story.sm.client().get_secret_value(SecretId=story.reader_arn, VersionStage=AWSCURRENT)
+    credentials = json.loads(response["SecretString"])
+    # The Query Editor takes only username and password from the secret; the cluster gives the endpoint.
+    session = {"host": story.pg.host, "port": story.pg.port, "dbname": DBNAME,
+               "username": credentials["username"], "password": credentials["password"]}
+    report.say(f"GetSecretValue({story.reader_arn}) -> username {credentials['username']!r}, password {MASK}")
+    with psycopg.connect(**secret_conninfo(session), autocommit=True) as conn:
+        who = conn.execute("SELECT session_user::text").fetchone()[0]
+        rows = conn.execute(SELECT_FILMS).fetchall()
+        report.say(f"    {SELECT_FILMS};  ->  {rows}")
+        read_only_state, read_only_message = _attempt(conn, INSERT_FILM)
+        report.say(f"    {INSERT_FILM};  ->  ERROR {read_only_state}: {read_only_message}")
+        # The read-only default is defence in depth that any session may switch off: the privileges are what
+        # must refuse the write, so show that too.
+        conn.execute("SET default_transaction_read_only = off")
+        report.say("    SET default_transaction_read_only = off;")
+        privilege_state, privilege_message = _attempt(conn, INSERT_FILM)
+        report.say(f"    {INSERT_FILM};  ->  ERROR {privilege_state}: {privilege_message}")
+    report.check(f"the session is {READER}", who == READER, f"session_user={who}")
+    report.check("SELECT on films works", ("UA502", "Bananas") in rows, f"{len(rows)} row(s)")
+    report.check("INSERT is refused by the read-only default (SQLSTATE 25006)", read_only_state == "25006",
+                 f"{read_only_state}: {read_only_message}")
+    report.check(f"INSERT is refused with '{PERMISSION_DENIED_FILMS}' (SQLSTATE 42501)",
+                 privilege_state == "42501" and PERMISSION_DENIED_FILMS in privilege_message,
+                 f"{privilege_state}: {privilege_message}")
+    rows_after = _superuser_value(story.pg, "SELECT count(*) FROM films")
+    report.check("films is unchanged", rows_after == len(rows), f"{rows_after} row(s)")
+    report.figures["insert_refused_sqlstate"] = privilege_state
+    return report
+
+
+def rotate_single_user(story: Story, report: StepReport) -> StepReport:
+    """"Rotate immediately", single-user: the four steps; the new password logs in, the old one is refused."""
+    before = story.value(story.reader_arn)
+    run = rotate_immediately(story, story.reader_arn)
+    _report_rotation(report, run, "single-user rotation")
+    _check_stages(report, story, story.reader_arn, run, "single-user rotation")
+    current, previous = story.value(story.reader_arn), story.value(story.reader_arn, AWSPREVIOUS)
+    report.check("the user is the same, the password is new",
+                 current["username"] == READER and current["password"] != before["password"])
+    report.check("AWSPREVIOUS holds the old password", previous["password"] == before["password"])
+    report.check("the new password (AWSCURRENT) logs in", login_accepted(current))
+    report.check("the old password (AWSPREVIOUS) is refused", not login_accepted(previous))
+    report.say(f"AWSCURRENT: {current['username']} (new password) logs in; AWSPREVIOUS: old password refused")
+    return report
+
+
+def rotate_alternating(story: Story, report: StepReport) -> StepReport:
+    """Alternating users: masterarn attached by editing the secret, then two rotations."""
+    edited = {**story.value(story.reader_arn), "masterarn": story.master_arn}
+    # As a person editing the secret in the console does: a new AWSCURRENT version with the extra key.
+    story.sm.put_current(story.reader_arn, edited)
+    report.say(f"secret edited: masterarn = {story.master_arn}")
+    clone_existed = _role_exists(story.pg, READER_CLONE)
+
+    expected_current = (READER_CLONE, READER)
+    for number, expected in enumerate(expected_current, start=1):
+        label = f"alternating rotation {number}"
+        run = rotate_immediately(story, story.reader_arn)
+        _report_rotation(report, run, label)
+        _check_stages(report, story, story.reader_arn, run, label)
+        current, previous = story.value(story.reader_arn), story.value(story.reader_arn, AWSPREVIOUS)
+        report.check(f"{label}: AWSCURRENT is {expected}", current["username"] == expected,
+                     f"AWSCURRENT username {current['username']}")
+        report.check(f"{label}: masterarn and the other keys survived",
+                     {k: v for k, v in current.items() if k not in ("username", "password")}
+                     == {k: v for k, v in edited.items() if k not in ("username", "password")})
+        both = {current["username"]: login_accepted(current), previous["username"]: login_accepted(previous)}
+        report.check(f"{label}: both users log in (AWSCURRENT and AWSPREVIOUS)",
+                     set(both) == {READER, READER_CLONE} and all(both.values()), f"{both}")
+        report.say(f"    AWSCURRENT -> {current['username']}, AWSPREVIOUS -> {previous['username']}; "
+                   + ", ".join(f"{user} {'logs in' if ok else 'REFUSED'}" for user, ok in both.items()))
+
+    report.check(f"{READER_CLONE} was created by the first rotation",
+                 not clone_existed and _role_exists(story.pg, READER_CLONE))
+    clone = story.value(story.reader_arn, AWSPREVIOUS)
+    with psycopg.connect(**secret_conninfo(clone), autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        rows = conn.execute(SELECT_FILMS).fetchall()
+        state, message = _attempt(conn, INSERT_FILM)
+    report.check(f"{READER_CLONE} reads films and is refused an INSERT (42501), like {READER}",
+                 bool(rows) and state == "42501", f"{state}: {message}")
+    report.figures["clone_created"] = READER_CLONE
+    report.figures["awscurrent_user"] = story.value(story.reader_arn)["username"]
+    return report
+
+
+def prove_no_plaintext(story: Story, report: StepReport) -> StepReport:
+    """No password ever reached the server's statement log (nor the function's log lines)."""
+    # password -> whose it was; the superuser's too, although only this demo's setup ever used it.
+    passwords: dict[str, str] = {story.pg.superuser_password: f"{story.pg.superuser} (the server's superuser)"}
+    client = story.sm.client()
+    for arn in (story.master_arn, story.reader_arn):
+        versions = client.list_secret_version_ids(SecretId=arn, IncludeDeprecated=True)["Versions"]
+        for version in versions:
+            value = json.loads(client.get_secret_value(SecretId=arn, VersionId=version["VersionId"])["SecretString"])
+            passwords.setdefault(value["password"], f"{value['username']} (version {version['VersionId'][:8]})")
+    users = sorted({holder.split(" (")[0] for holder in passwords.values()})
+    report.say(f"{len(passwords)} distinct passwords used in the story, of: {', '.join(users)}")
+
+    server_log = story.pg.server_log()
+    function_log = story.function_log.getvalue()
+    statements = _logged_statements(story.pg)
+    password_statements = [s for _, _, s in statements if _PASSWORD_STATEMENT.match(s)]
+    verifiers = [m["value"] for s in password_statements if (m := _PASSWORD_STATEMENT.match(s))]
+    alter_role = [s for s in password_statements if s.upper().startswith("ALTER ROLE")]
+    authenticated = re.findall(r"connection authenticated: .*method=(\S+)", server_log)
+    in_server_log = [holder for password, holder in passwords.items() if password in server_log]
+    in_function_log = [holder for password, holder in passwords.items() if password in function_log]
+
+    report.check(f"every password of the story was checked ({READER} old and new, {READER_CLONE}, master)",
+                 {READER, READER_CLONE, "master_user"} <= set(users) and len(passwords) >= 6,
+                 f"{len(passwords)} passwords")
+    report.check("no password appears in the server log", not in_server_log,
+                 f"found: {', '.join(in_server_log)}" if in_server_log else f"{len(server_log.splitlines())} lines")
+    report.check("no password appears in the function's log lines", not in_function_log,
+                 f"found: {', '.join(in_function_log)}" if in_function_log
+                 else f"{len(function_log.splitlines())} lines")
+    # The check above means something only if the passwords did reach the log in some form: each one set
+    # through SQL must show up as a statement carrying the SCRAM verifier of exactly that password.
+    set_by_sql = {password: holder for password, holder in passwords.items() if password != story.pg.superuser_password}
+    unmatched = [holder for password, holder in set_by_sql.items()
+                 if not any(scram_verifier_matches(verifier, password) for verifier in verifiers)]
+    report.check("the log recorded every password change, as the SCRAM-SHA-256 verifier of that password",
+                 bool(set_by_sql) and not unmatched and len(verifiers) == len(set_by_sql),
+                 f"missing: {', '.join(unmatched)}" if unmatched else
+                 f"{len(verifiers)} CREATE/ALTER ROLE ... PASSWORD statements for {len(set_by_sql)} passwords, "
+                 f"{len(alter_role)} of them ALTER ROLE")
+    report.check("every login was authenticated with scram-sha-256",
+                 bool(authenticated) and set(authenticated) == {"scram-sha-256"},
+                 f"{len(authenticated)} logins, methods {sorted(set(authenticated))}")
+    report.say(f"server log: {len(server_log.splitlines())} lines, {len(statements)} statements, "
+               f"{len(password_statements)} CREATE/ALTER ROLE ... PASSWORD, each with a SCRAM verifier, e.g.:")
+    if alter_role:
+        report.say("    " + re.sub(r"'SCRAM-SHA-256\$[^']*'", "'SCRAM-SHA-256$4096:...'", alter_role[-1]))
+    report.figures.update(
+        passwords_checked=len(passwords), server_log_lines=len(server_log.splitlines()),
+        statements_logged=len(statements), password_statements=len(password_statements),
+        alter_role_statements=len(alter_role), scram_logins=len(authenticated),
+        function_log_lines=len(function_log.splitlines()),
+    )
+    return report
+
+
+#: The story, in order: (title, step). A step fills the report it is given and returns it.
+STORY: tuple[tuple[str, Callable[[Story, StepReport], StepReport]], ...] = (
+    ("Create the cluster: PostgreSQL with SCRAM-SHA-256, an Aurora-style master and its secret", create_cluster),
+    ("As the master, create films and insert a row", create_films),
+    (f"Bootstrap {READER} with SELECT on films (the bootstrap function)", bootstrap_reader),
+    ("Connect with the secret as the Query Editor does: SELECT works, INSERT is refused", query_editor),
+    ('"Rotate immediately", single-user: the four steps', rotate_single_user),
+    (f"Alternating users: attach masterarn, rotate twice ({READER} <-> {READER_CLONE})", rotate_alternating),
+    ("The server's statement log never contained a password", prove_no_plaintext),
+)
+
+
+# ============================================================================================ running it
+
+
+def _run_step(step: Callable[[Story, StepReport], StepReport], story: Story, report: StepReport) -> StepReport:
+    started = time.perf_counter()
+    try:
+        step(story, report)
+    except LocalToolError:
+        raise  # a missing binary or a taken port: the caller reports it with its fix, not as a failed check
+    except Exception as exc:
+        # Whatever broke (a refused login, a handler error), the story cannot go on: a failed check, with the
+        # checks the step had already made kept in the report.
+        report.check("the step ran to the end", False, f"{type(exc).__name__}: {exc}")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def run_demo(
+    options: DemoOptions,
+    on_step: Callable[[StepReport], None] | None = None,
+    while_running: Callable[[DemoReport], None] | None = None,
+) -> DemoReport:
+    """Play the story; stop at the first step with a failed check. Everything started is stopped on return.
+
+    ``while_running`` is called with the finished report while the servers are still up (``--keep``), and the
+    cleanup waits for it to return. Raises :class:`LocalToolError` (after cleaning up) when a component cannot
+    start, with the fix in its message.
+    """
+    bindir = find_bindir(options.pg_bin)
+    started = time.perf_counter()
+    with contextlib.ExitStack() as cleanup:
+        story = Story(options, bindir, cleanup)
+        reports: list[StepReport] = []
+        for number, (title, step) in enumerate(STORY, start=1):
+            report = _run_step(step, story, StepReport(number, title))
+            reports.append(report)
+            if on_step is not None:
+                on_step(report)
+            if not report.ok:
+                break
+        skipped = tuple(title for title, _ in STORY[len(reports):])
+        result = DemoReport(reports, time.perf_counter() - started, story.resources(), skipped)
+        if while_running is not None:
+            while_running(result)
+    return result
+
+
+__all__ = [
+    "Check", "DemoOptions", "DemoReport", "Resources", "StepReport", "Story", "login_accepted", "masked",
+    "rotate_immediately", "run_demo",
+]
