@@ -30,12 +30,14 @@ NO_ROUTE_FIX = (
     "enabled, or a NAT gateway, and a security group that allows outbound HTTPS (443)"
 )
 
-#: Rotation: three attempts of at most 3 s to connect, so a missing route fails in ~10 s, well inside the
-#: function's timeout, and a transient throttle is retried.
+#: Rotation: three attempts in all, each with at most 3 s to connect and 5 s to answer, so a missing route fails
+#: in ~9 s and an endpoint that accepts but never answers in ~15 s, both well inside the function's 30 s timeout,
+#: and a transient throttle is retried. ``total_max_attempts``, not ``max_attempts``: botocore counts the latter
+#: as retries after the first attempt (4 attempts of 10 s took 40 s, past the Lambda timeout).
 ROTATION_CLIENT_CONFIG = Config(
     connect_timeout=3,
-    read_timeout=10,
-    retries={"max_attempts": 3, "mode": "standard"},
+    read_timeout=5,
+    retries={"total_max_attempts": 3, "mode": "standard"},
     user_agent_extra="aurora-postgres-rotation",
 )
 
