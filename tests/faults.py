@@ -18,13 +18,16 @@ import contextlib
 import json
 import re
 import socket
+import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
 from psycopg import sql
 
@@ -204,3 +207,74 @@ def database_faults(injector: Injector, terminate: Callable[[int], None]) -> Ite
         patch.setattr(psycopg.Connection, "execute", execute)
         patch.setattr(psycopg.Transaction, "__exit__", transaction_exit)
         yield injector
+
+
+# --------------------------------------------------------------------------------------- throttling and hangs
+
+_THROTTLED_BODY = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+
+
+class _Body:
+    """The raw-stream interface botocore reads a response body through."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._data
+
+
+@contextlib.contextmanager
+def throttled(client: Any, first_attempts: Mapping[str, int]) -> Iterator[Counter[str]]:
+    """Answer the first ``n`` HTTP attempts of each named operation with the service's 400 ThrottlingException.
+
+    Hooked at ``before-send``, inside botocore's retry loop, so the client's own retry policy sees the throttles
+    exactly as it would see the service's. Yields the number of attempts per operation.
+    """
+    attempts: Counter[str] = Counter()
+
+    def before_send(request: Any, event_name: str, **_: Any) -> AWSResponse | None:
+        operation = event_name.rsplit(".", 1)[-1]
+        attempts[operation] += 1
+        if attempts[operation] > first_attempts.get(operation, 0):
+            return None
+        headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": "throttled"}
+        return AWSResponse(request.url, 400, headers, _Body(_THROTTLED_BODY))
+
+    client.meta.events.register("before-send.secrets-manager", before_send, unique_id="fault-throttle")
+    try:
+        yield attempts
+    finally:
+        client.meta.events.unregister("before-send.secrets-manager", unique_id="fault-throttle")
+
+
+@contextlib.contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """An HTTP endpoint that accepts connections and never answers (a hung proxy, a half-open network path)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept_and_hold, name="silent-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -17,6 +17,7 @@ Run with ``-s`` to see the per-scenario lines and the summary table (figures cop
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,17 +34,21 @@ from faults import (
     SM_REQUEST_FAILS,
     SM_RESPONSE_LOST,
     SQL_CRASH_AFTER,
+    SQL_SESSION_KILLED,
     STATEMENT_FAMILIES,
     Family,
     InjectedCrash,
     Injector,
     database_faults,
     secrets_manager_faults,
+    silent_endpoint,
+    throttled,
 )
 from helpers import can_login
 from service import ALL_STEPS, invoke, resume, rotate
 
-from rotation.exceptions import RotationError
+from rotation.events import Step
+from rotation.exceptions import RotationError, RotationStateError, SecretsManagerError, SecretsManagerUnreachable
 from rotation.secrets_store import secrets_manager_client
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
@@ -156,10 +161,14 @@ def fresh_secret(sm, make_app_user, store_secret, cluster, pg, monkeypatch) -> C
     return factory
 
 
+def function_client():
+    """The very client the handler uses: secrets_manager_client caches one per endpoint and environment."""
+    return secrets_manager_client(os.environ.get("SECRETS_MANAGER_ENDPOINT"))
+
+
 def install(family: Family, injector: Injector, terminate: Callable[[int], None]):
     if family in SECRETS_MANAGER_FAMILIES:
-        # The very client the handler uses: secrets_manager_client caches one per endpoint and environment.
-        return secrets_manager_faults(secrets_manager_client(os.environ.get("SECRETS_MANAGER_ENDPOINT")), injector)
+        return secrets_manager_faults(function_client(), injector)
     return database_faults(injector, terminate)
 
 
@@ -248,3 +257,164 @@ def test_a_fault_at_every_point_locks_nobody_out(sm, fresh_secret, terminate, cl
     ledger.add(scenario_id, family, len(points), len(refused), len(lockouts))
     assert lockouts == {}
     assert refused == window, "AWSCURRENT was refused after exactly the faults inside the single-user window"
+
+
+# --- the database restarts in the middle of a rotation --------------------------------------------------
+
+def scenario_for(strategy: str) -> Scenario:
+    return Scenario(strategy, via_admin=strategy == ALTERNATING)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "done"),
+    [
+        pytest.param(SINGLE, 1, id="single-user-between-createSecret-and-setSecret"),
+        pytest.param(SINGLE, 2, id="single-user-between-setSecret-and-testSecret"),
+        pytest.param(ALTERNATING, 1, id="alternating-between-createSecret-and-setSecret"),
+        pytest.param(ALTERNATING, 2, id="alternating-between-setSecret-and-testSecret"),
+    ],
+)
+def test_database_crash_restart_between_steps(sm, pg, fresh_secret, strategy, done):
+    """No connection outlives a step, so the steps after a crash-restart run as if nothing had happened."""
+    scenario = scenario_for(strategy)
+    arn, original = fresh_secret(scenario)
+    token = rotate(sm, arn, steps=ALL_STEPS[:done])
+    pg.restart(mode="immediate")
+    for step in ALL_STEPS[done:]:
+        invoke(step, arn, token)
+    assert end_state_problems(sm, arn, scenario, original) == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "family", "point", "statement"),
+    [
+        pytest.param(SINGLE, SQL_SESSION_KILLED, 1, "ALTER ROLE", id="single-user-restart-as-ALTER-ROLE-is-sent"),
+        pytest.param(SINGLE, SQL_CRASH_AFTER, 1, "ALTER ROLE",
+                     id="single-user-crash-and-restart-after-ALTER-ROLE-committed"),
+        pytest.param(ALTERNATING, SQL_SESSION_KILLED, 1, "CREATE ROLE",
+                     id="alternating-restart-as-CREATE-ROLE-is-sent"),
+        pytest.param(ALTERNATING, SQL_SESSION_KILLED, 5, "COMMIT", id="alternating-restart-as-COMMIT-is-sent"),
+        pytest.param(ALTERNATING, SQL_CRASH_AFTER, 5, "COMMIT", id="alternating-crash-and-restart-after-COMMIT"),
+    ],
+)
+def test_database_crash_restart_during_setSecret_completes_on_retry(
+    sm, pg, fresh_secret, strategy, family, point, statement
+):
+    """The server crashes as setSecret changes the role, or the function and the server both crash just after
+    the change committed; the retry completes.
+
+    Crash recovery keeps what committed: single-user's retry finds AWSPENDING already logging in, alternating's
+    finds the clone and resets its password.
+    """
+    scenario = scenario_for(strategy)
+    arn, original = fresh_secret(scenario)
+    token = sm.stage_pending(arn)
+    with database_faults(Injector(family, fail_at=point), lambda _pid: pg.restart(mode="immediate")) as injector:
+        failed_step, error = run_until_failure(arn, token, injector)
+    assert injector.fired == f"setSecret: {statement}" or injector.fired.startswith(f"setSecret: {statement} ")
+    if family is SQL_CRASH_AFTER:
+        pg.restart(mode="immediate")
+    assert failed_step == "setSecret", error
+    assert isinstance(error, RotationError | InjectedCrash)
+    committed = strategy == SINGLE and family is SQL_CRASH_AFTER
+    assert can_login(sm.value(arn, CURRENT)) is not committed, "only a committed single-user change is refused"
+    resume(arn, token)
+    assert end_state_problems(sm, arn, scenario, original) == []
+
+
+# --- Secrets Manager throttles, or hangs ----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "throttles",
+    [
+        pytest.param({"PutSecretValue": 1, "UpdateSecretVersionStage": 1}, id="first-attempt-of-each-write"),
+        pytest.param({"DescribeSecret": 2}, id="two-attempts-of-the-first-call"),
+        pytest.param({"GetSecretValue": 1, "DescribeSecret": 1}, id="first-attempt-of-each-read"),
+    ],
+)
+def test_throttling_is_absorbed_by_the_client_retries(sm, fresh_secret, capsys, throttles):
+    """botocore's standard retry mode (3 attempts) absorbs throttles: every step succeeds, nothing is logged."""
+    scenario = scenario_for(SINGLE)
+    arn, original = fresh_secret(scenario)
+    capsys.readouterr()
+    with throttled(function_client(), throttles) as attempts:
+        rotate(sm, arn)
+    calls_per_rotation = {"DescribeSecret": 4, "GetSecretValue": 5, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}
+    assert dict(attempts) == {op: calls + throttles.get(op, 0) for op, calls in calls_per_rotation.items()}
+    assert end_state_problems(sm, arn, scenario, original) == []
+    assert '"level":"ERROR"' not in capsys.readouterr().out.replace(" ", "")
+
+
+def test_throttling_beyond_the_retry_budget_fails_clearly_and_changes_nothing(sm, fresh_secret):
+    scenario = scenario_for(SINGLE)
+    arn, original = fresh_secret(scenario)
+    stages_before = sm.stages(arn)
+    token = sm.stage_pending(arn)
+    with throttled(function_client(), {"DescribeSecret": 3}), \
+            pytest.raises(SecretsManagerError, match=r"DescribeSecret on secret .* ThrottlingException"):
+        invoke(Step.CREATE, arn, token)
+    assert sm.value(arn, CURRENT) == original
+    assert pending_password(sm, arn, token) == []
+    assert {v: labels for v, labels in sm.stages(arn).items() if v != token} == stages_before
+    resume(arn, token)
+    assert end_state_problems(sm, arn, scenario, original) == []
+
+
+#: template.yaml's Timeout for the rotation function: a step must fail on its own, with its message, before it.
+LAMBDA_TIMEOUT_S = 30
+
+
+def test_silent_endpoint_fails_within_the_client_timeouts_and_changes_nothing(sm, fresh_secret, monkeypatch):
+    """An endpoint that accepts connections and never answers: SecretsManagerUnreachable, well before Lambda's
+    timeout would end the invocation without a word."""
+    arn, original = fresh_secret(scenario_for(SINGLE))
+    token = sm.stage_pending(arn)
+    with silent_endpoint() as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", url)
+        monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", url)
+        config = function_client().meta.config
+        attempts = config.retries["total_max_attempts"]
+        # Timeouts are not throttles: standard mode waits at most 50 ms x 2^(n-1) between attempts.
+        worst_case = attempts * config.read_timeout + sum(0.05 * 2**n for n in range(attempts - 1))
+        started = time.monotonic()
+        with pytest.raises(SecretsManagerUnreachable, match="interface VPC endpoint for secretsmanager") as raised:
+            invoke(Step.CREATE, arn, token)
+        elapsed = time.monotonic() - started
+    print(f"\nsilent Secrets Manager endpoint: the step failed after {elapsed:.1f} s "
+          f"(client: {attempts} attempts x {config.read_timeout} s read timeout; worst case {worst_case:.1f} s; "
+          f"Lambda timeout {LAMBDA_TIMEOUT_S} s)")
+    assert "ReadTimeoutError" in str(raised.value)
+    assert config.read_timeout <= elapsed <= worst_case + 3
+    assert worst_case + 3 < LAMBDA_TIMEOUT_S, "the clear error must come before Lambda's timeout"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", sm.endpoint_url)
+    monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", sm.endpoint_url)
+    assert sm.value(arn, CURRENT) == original
+    assert pending_password(sm, arn, token) == []
+    assert can_login(original)
+
+
+# --- a step invoked after the service finished ----------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
+def test_late_steps_after_the_rotation_finished_change_nothing(sm, fresh_secret, strategy):
+    """A duplicate or late invocation: no-op while its version is AWSCURRENT, refused once it is AWSPREVIOUS."""
+    scenario = scenario_for(strategy)
+    arn, _ = fresh_secret(scenario)
+    first = rotate(sm, arn)
+    finished = {stage: sm.value(arn, stage) for stage in (CURRENT, PREVIOUS)}
+
+    # Just finished, and again while the next rotation is half done (single-user: its password is already set).
+    second = rotate(sm, arn, steps=ALL_STEPS[:2])
+    for step in ALL_STEPS:
+        assert invoke(step, arn, first)["changed"] is False
+    assert {stage: sm.value(arn, stage) for stage in (CURRENT, PREVIOUS)} == finished
+    resume(arn, second)
+    assert end_state_problems(sm, arn, scenario, finished[CURRENT]) == []
+
+    # Superseded: the first version is now AWSPREVIOUS, and a late step for it is refused.
+    after_second = {stage: sm.value(arn, stage) for stage in (CURRENT, PREVIOUS)}
+    for step in ALL_STEPS:
+        with pytest.raises(RotationStateError, match="is not staged AWSPENDING"):
+            invoke(step, arn, first)
+    assert {stage: sm.value(arn, stage) for stage in (CURRENT, PREVIOUS)} == after_second
+    assert can_login(after_second[CURRENT])
