@@ -192,6 +192,15 @@ class Story:
     #: Every JSON log line and metric document the Lambda handlers printed.
     function_log: io.StringIO = field(default_factory=io.StringIO, repr=False)
 
+    @contextlib.contextmanager
+    def capturing_function_output(self) -> Iterator[None]:
+        """Keep the handlers' log lines and metrics for the leak check, and out of the story's own output.
+
+        Both streams: the CLI's --json mode sends the function's log lines to stderr.
+        """
+        with contextlib.redirect_stdout(self.function_log), contextlib.redirect_stderr(self.function_log):
+            yield
+
     @property
     def pg(self) -> PostgresServer:
         if self.server is None:
@@ -338,7 +347,7 @@ def rotate_immediately(story: Story, secret_arn: str) -> RotationRun:
         event = {"Step": step.value, "SecretId": secret_arn, "ClientRequestToken": token}
         context = LambdaContext(function_name="RotationFunction", timeout_seconds=30)
         started = time.perf_counter()
-        with contextlib.redirect_stdout(story.function_log):
+        with story.capturing_function_output():
             response = rotate(event, context)
         steps.append((step, time.perf_counter() - started, str(response.get("action", ""))))
     return RotationRun(token, tuple(steps))
@@ -462,7 +471,7 @@ def bootstrap_reader(story: Story, report: StepReport) -> StepReport:
              "Tables": ["public.films"], "Strategy": "single-user"}
     report.say("event: " + json.dumps(event))
     started = time.perf_counter()
-    with contextlib.redirect_stdout(story.function_log):
+    with story.capturing_function_output():
         response = bootstrap(event, LambdaContext(function_name="BootstrapFunction", timeout_seconds=60))
     report.figures["bootstrap_ms"] = _ms(time.perf_counter() - started)
     story.reader_arn = response.get("SecretArn", "")

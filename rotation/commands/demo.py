@@ -25,7 +25,10 @@ import argparse
 import json
 import os
 import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -96,6 +99,7 @@ def _keeper(args: argparse.Namespace, view: _View):
         else:
             view.summary(report)
             view.keep_instructions(report.resources)
+        _stop_on_hangup_and_interrupt()
         try:
             while True:
                 time.sleep(3600)
@@ -105,28 +109,50 @@ def _keeper(args: argparse.Namespace, view: _View):
 
 
 def _connect_commands(resources) -> dict[str, str]:
-    """Shell commands for exploring a kept demo. Passwords are fetched from the endpoint, never printed."""
-    from rotation.demo import DBNAME, READER
+    """Shell commands for exploring a kept demo. Passwords are fetched from the endpoint, never printed.
+
+    The user name comes from the secret too: after an alternating-users rotation AWSCURRENT may name the clone.
+    """
+    from rotation.demo import DBNAME
 
     env = (f"export AWS_ENDPOINT_URL_SECRETS_MANAGER={resources.endpoint_url} AWS_REGION={resources.region} "
-           "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
+           f"AWS_DEFAULT_REGION={resources.region} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+           f"PGHOST={resources.postgres_host} PGPORT={resources.postgres_port} PGDATABASE={DBNAME} PGSSLMODE=disable")
     psql = os.path.join(resources.postgres_bindir, "psql")
-    psql = psql if os.access(psql, os.X_OK) else "psql"
-
-    def login(arn: str, user: str) -> str:
-        fetch = (f"aws secretsmanager get-secret-value --secret-id {shlex.quote(arn)} --query SecretString "
-                 "--output text | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"password\"])'")
-        conninfo = (f"host={resources.postgres_host} port={resources.postgres_port} dbname={DBNAME} user={user} "
-                    "sslmode=disable")
-        return f'PGPASSWORD="$({fetch})" {shlex.quote(psql)} {shlex.quote(conninfo)}'
-
+    psql = shlex.quote(psql) if os.access(psql, os.X_OK) else "psql"
+    to_exports = ('import json,shlex,sys; s=json.load(sys.stdin); print("export PGUSER=%s PGPASSWORD=%s" % '
+                  '(shlex.quote(s["username"]), shlex.quote(s["password"])))')
+    if shutil.which("aws"):
+        # The stage is explicit: moto can answer a plain read with a version a rotation moved AWSCURRENT from.
+        fetch = ('aws secretsmanager get-secret-value --secret-id "$secret_id" --version-stage AWSCURRENT '
+                 '--query SecretString --output text')
+    else:  # no AWS CLI here: boto3 is installed next to this command
+        read = ('import boto3,sys; sys.stdout.write(boto3.client("secretsmanager").get_secret_value('
+                'SecretId=sys.argv[1], VersionStage="AWSCURRENT")["SecretString"])')
+        fetch = f'{shlex.quote(sys.executable)} -c {shlex.quote(read)} "$secret_id"'
+    # A subshell, so the password never stays in the person's shell.
+    function = (f'login() {{ (secret_id=$1; shift; eval "$({fetch} | python3 -c {shlex.quote(to_exports)})" '
+                f'&& {psql} "$@"); }}')
     return {
         "environment": env,
-        "psql_master": login(resources.master_secret_arn, "master_user"),
-        # AWSCURRENT names reader_user at the end of the story (the second alternating rotation).
-        "psql_reader": login(resources.reader_secret_arn, READER),
+        "login_function": function,
+        "psql_reader": f"login {shlex.quote(resources.reader_secret_arn)}",
+        "psql_master": f"login {shlex.quote(resources.master_secret_arn)}",
         "rotate_again": f"rotation rotate --secret-id {shlex.quote(resources.reader_secret_arn)}",
     }
+
+
+def _stop_on_hangup_and_interrupt() -> None:
+    """While kept running, Ctrl-C (or SIGINT from a script) and a closed terminal must still clean up.
+
+    A process started in the background by a non-interactive shell inherits SIGINT ignored, and SIGHUP's
+    default action skips the cleanup; both would orphan the PostgreSQL server.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # nohup (SIG_IGN) is a choice to respect
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
 
 
 class _View:
@@ -214,9 +240,11 @@ class _View:
         self.line(f"   Secrets Manager endpoint {resources.endpoint_url} (region {resources.region})")
         self.line(f"   master secret  {resources.master_secret_arn}")
         self.line(f"   reader secret  {resources.reader_secret_arn}")
-        self.line("   In another shell (the AWS CLI reads the password from the endpoint; it is never printed):")
+        self.line("   In another shell (each login reads the user and password from the endpoint; they are never "
+                  "printed):")
         self.line(f"     {commands['environment']}")
-        self.line(f"     {commands['psql_reader']}")
-        self.line(f"     {commands['psql_master']}")
-        self.line(f"     {commands['rotate_again']}")
+        self.line(f"     {commands['login_function']}")
+        self.line(f"     {commands['psql_reader']}      # as the user AWSCURRENT of the reader secret names")
+        self.line(f"     {commands['psql_master']}      # as the master")
+        self.line(f"     {commands['rotate_again']}      # rotate it again, then log in again")
         self.line("   Ctrl-C stops both servers and deletes their files.")
