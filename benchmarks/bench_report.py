@@ -63,7 +63,7 @@ def _round_trip_table(results: dict[str, Any]) -> str:
              DESIGN_DB_CONNECTIONS[strategy], DB_CONNECTIONS_PER_ROTATION[strategy],
              AWS_DB_CONNECTIONS[strategy]["ssl-false"]),
             ("DB connections accepted by the server", variant["server_connections"],
-             DESIGN_DB_CONNECTIONS[strategy], DB_CONNECTIONS_PER_ROTATION[strategy], ""),
+             DESIGN_DB_CONNECTIONS[strategy], DB_CONNECTIONS_PER_ROTATION[strategy], "-"),
         )
         for what, counts, design, budget, aws in measures:
             per_step = [counts["per_step"][step] for step in STEPS]
@@ -75,19 +75,28 @@ def _round_trip_table(results: dict[str, Any]) -> str:
     return table(["strategy", "counted", *STEPS, "per rotation", "design", "budget", "AWS's function"], rows)
 
 
+def _operations_table(results: dict[str, Any]) -> str:
+    rows = []
+    for strategy, section in results["strategies"].items():
+        operations = section["variants"]["ssl-false"]["sm_calls"]["operations"]
+        rows.append([strategy, *(", ".join(f"{name}{f' x{n}' if n > 1 else ''}" for name, n in operations[step].items())
+                                 for step in STEPS)])
+    return table(["strategy", *STEPS], rows)
+
+
 def _variant_table(results: dict[str, Any]) -> str:
     rows = []
     for strategy, section in results["strategies"].items():
         for key, variant in section["variants"].items():
             if not variant.get("available"):
                 rows.append([strategy, variant["ssl_key"], "n/a", "n/a", "n/a", "n/a",
-                             AWS_DB_CONNECTIONS[strategy].get(key, ""), "n/a", "n/a", "n/a", "n/a", 0])
+                             AWS_DB_CONNECTIONS[strategy].get(key, "-"), "n/a", "n/a", "n/a", "n/a", 0])
                 continue
             wall = variant["wall_ms"]
             rows.append([
                 strategy, variant["ssl_key"], variant["server"], variant["sm_calls"]["per_rotation"],
                 variant["db_connection_attempts"]["per_rotation"], variant["server_connections"]["per_rotation"],
-                AWS_DB_CONNECTIONS[strategy].get(key, ""), _median(wall), _spread(wall), _spread(wall, "min", "max"),
+                AWS_DB_CONNECTIONS[strategy].get(key, "-"), _median(wall), _spread(wall), _spread(wall, "min", "max"),
                 f"{wall['stdev']:.1f}", wall["samples"],
             ])
     return table(["strategy", "secret's ssl key", "server", "SM calls", "DB attempts", "server connections",
@@ -171,6 +180,8 @@ def render(results: dict[str, Any], checks: list[Check]) -> str:
         "interpreters. Secrets Manager is moto over HTTP in the same process: count the calls, not their latency.",
         "### Round trips per step (secret with \"ssl\": false)",
         _round_trip_table(results),
+        "Secrets Manager operations per step:",
+        _operations_table(results),
         "### Per full rotation, by the secret's ssl key (in-process wall time of the four invocations)",
         _variant_table(results),
         "### Cold start: import time",

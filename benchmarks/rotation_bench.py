@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -129,9 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with section(f"import times in {args.samples} fresh interpreters"):
             artifact_dir = Path(artifact["path"]) if artifact.get("available") else None
             cold_start = measure_imports(args.samples, artifact_dir)
-        servers = {"plain": str(lab.plain.version)}
-        servers["TLS"] = str(lab.tls.version) if lab.tls else "n/a"
-        machine = {**describe_machine(servers), "load_average_1min": {"before": load_before, "after": load_average()}}
+        machine = describe_machine(lab.server_versions())
+        machine["load_average_1min"] = {"before": load_before, "after": load_average()}
         return {
             "schema": SCHEMA_VERSION,
             "machine": machine,
@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         results = run(args)
     except (BenchmarkError, LocalToolError) as exc:
         progress(f"could not measure: {exc}")
+        return EXIT_NOT_MEASURED
+    except Exception:
+        # Anything unforeseen is still "could not measure", never the budget-exceeded status.
+        traceback.print_exc()
         return EXIT_NOT_MEASURED
     checks = check_budgets(results)
     results["budgets"] = as_json(checks)
