@@ -92,15 +92,16 @@ def _wants_colour(args: argparse.Namespace) -> bool:
 
 def _keeper(args: argparse.Namespace, view: _View):
     def keep_running(report) -> None:
-        if args.json:
-            document = report.to_dict()
-            document["keep"] = _connect_commands(report.resources) if report.resources else None
-            print(json.dumps(document, indent=2), flush=True)
-        else:
-            view.summary(report)
-            view.keep_instructions(report.resources)
+        # Armed before anything is printed: a Ctrl-C right after the instructions appear still ends cleanly.
         _stop_on_hangup_and_interrupt()
         try:
+            if args.json:
+                document = report.to_dict()
+                document["keep"] = _connect_commands(report.resources) if report.resources else None
+                print(json.dumps(document, indent=2), flush=True)
+            else:
+                view.summary(report)
+                view.keep_instructions(report.resources)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:

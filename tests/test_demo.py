@@ -1,0 +1,302 @@
+"""`rotation demo`: the whole story runs on real components, proves what it claims, and leaves nothing behind.
+
+The demo starts its own PostgreSQL and moto server (that is what it demonstrates), so these tests do not use
+the shared servers. Leftovers are looked for where they would be: each subprocess gets its own TMPDIR, which
+must be empty afterwards, and no process may still name it on its command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+
+from rotation.cli import main
+from rotation.demo import MASK, READER, READER_CLONE
+
+#: Figures the summary promises (README, issue 5): step timings and counts.
+EXPECTED_FIGURES = (
+    "postgres_start_ms", "secrets_manager_start_ms", "bootstrap_ms",
+    "single_user_rotation_createSecret_ms", "single_user_rotation_setSecret_ms",
+    "single_user_rotation_testSecret_ms", "single_user_rotation_finishSecret_ms", "single_user_rotation_total_ms",
+    "alternating_rotation_1_total_ms", "alternating_rotation_2_total_ms",
+    "passwords_checked", "server_log_lines", "password_statements", "scram_logins", "function_log_lines",
+    "checks_passed",
+)
+#: Checks whose presence (and success) is the point of the story, by step.
+KEY_CHECKS = {
+    1: "the master is not a superuser, as on Aurora",
+    4: "INSERT is refused with 'permission denied for table films' (SQLSTATE 42501)",
+    5: "the old password (AWSPREVIOUS) is refused",
+    6: f"{READER_CLONE} was created by the first rotation",
+    7: "no password appears in the server log",
+}
+STORY_TIMEOUT = 120
+
+
+# ============================================================================================ helpers
+
+
+def demo_env(tmpdir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a demo subprocess: its own TMPDIR, and AWS settings that must not be followed."""
+    tmpdir.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "TMPDIR": str(tmpdir),
+        "PYTHONIOENCODING": "utf-8",
+        # A profile that exists nowhere: if the demo let boto3 see it, every call would fail.
+        "AWS_PROFILE": "must-not-be-used-by-the-demo",
+        **extra,
+    }
+
+
+def processes_naming(path: Path) -> list[str]:
+    """Command lines of running processes that mention ``path`` (a postmaster still using its data dir)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text.strip())
+    return found
+
+
+def assert_nothing_left(tmpdir: Path) -> None:
+    deadline = time.monotonic() + 10  # a postmaster may take a moment to exit after pg_ctl returned
+    while processes_naming(tmpdir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_naming(tmpdir) == []
+    assert sorted(p.name for p in tmpdir.iterdir()) == []
+
+
+@pytest.fixture
+def demo_process(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start ``python -m rotation demo ARGS`` in the background; killed if a test leaves it running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rotation", "demo", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+            env=demo_env(tmp_path / "tmp"),
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the demo's own cleanup, so the test run leaves nothing behind
+            proc.wait(timeout=60)
+
+
+def read_until(proc: subprocess.Popen[str], marker: str) -> str:
+    """Stdout up to and including the first line containing ``marker``."""
+    seen = []
+    deadline = time.monotonic() + STORY_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the demo ended before {marker!r}: {''.join(seen)}{proc.stderr.read()}")
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"no {marker!r} within {STORY_TIMEOUT}s")
+
+
+def check_names(document: dict[str, Any]) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for check in document["checks"]:
+        names.setdefault(check["step"], []).append(check["name"])
+    return names
+
+
+# ============================================================================================ the story
+
+
+def test_the_story_in_process_verifies_every_claim(capsys: pytest.CaptureFixture[str]) -> None:
+    environment_before = dict(os.environ)
+
+    exit_code = main(["demo", "--json"])
+
+    document = json.loads(capsys.readouterr().out)
+    failed = [check for check in document["checks"] if not check["passed"]]
+    assert (exit_code, document["ok"], failed, document["skipped_steps"]) == (0, True, [], [])
+    assert [step["number"] for step in document["steps"]] == [1, 2, 3, 4, 5, 6, 7]
+    names = check_names(document)
+    for step, name in KEY_CHECKS.items():
+        assert name in names[step]
+    figures = document["figures"]
+    assert set(EXPECTED_FIGURES) <= set(figures)
+    assert figures["checks_failed"] == 0 and figures["checks_passed"] == len(document["checks"])
+    assert figures["insert_refused_sqlstate"] == "42501"
+    assert figures["clone_created"] == READER_CLONE
+    assert figures["awscurrent_user"] == READER  # two alternating rotations bring it back
+    assert figures["passwords_checked"] >= 6
+    assert figures["alter_role_statements"] >= 2
+    # The secrets are shown, masked.
+    shown = "\n".join(line for step in document["steps"] for line in step["lines"])
+    assert f'"password": "{MASK}"' in shown
+    # Everything it started is gone, and the caller's environment is as it was.
+    assert not Path(document["resources"]["postgres"]["workdir"]).exists()
+    assert dict(os.environ) == environment_before
+
+
+def test_the_story_as_a_command_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    tmpdir = tmp_path / "tmp"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rotation", "demo"], capture_output=True, text=True, encoding="utf-8",
+        env=demo_env(tmpdir), timeout=STORY_TIMEOUT, check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for number in range(1, 8):
+        assert f"\n{number}. " in out
+    assert "Summary: ✓ every check passed" in out
+    assert "✗" not in out
+    assert "\033[" not in out, "no colour when stdout is not a terminal"
+    assert "Traceback" not in result.stderr
+    assert_nothing_left(tmpdir)
+
+
+def test_a_failing_step_fails_the_demo_and_stops_the_story(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The function's own configuration error: the bootstrap (step 3) cannot generate a password.
+    monkeypatch.setenv("PASSWORD_LENGTH", "many")
+
+    exit_code = main(["demo", "--json"])
+
+    document = json.loads(capsys.readouterr().out)
+    failed = [(check["step"], check["detail"]) for check in document["checks"] if not check["passed"]]
+    assert exit_code == 1 and document["ok"] is False
+    assert len(failed) == 1 and failed[0][0] == 3 and "PASSWORD_LENGTH" in failed[0][1]
+    assert len(document["skipped_steps"]) == 4
+    assert not Path(document["resources"]["postgres"]["workdir"]).exists()
+
+
+# ============================================================================================ interrupted and kept
+
+
+@dataclass(frozen=True)
+class Interruption:
+    args: tuple[str, ...]
+    #: Send SIGINT once stdout shows this.
+    after: str
+    exit_code: int
+
+
+INTERRUPTIONS = {
+    "ctrl-c-in-the-middle-of-the-story": Interruption((), "1. Create the cluster", 130),
+    "ctrl-c-ends-a-kept-demo": Interruption(("--keep",), "Ctrl-C stops both servers", 0),
+}
+
+
+@pytest.mark.parametrize("case", INTERRUPTIONS.values(), ids=INTERRUPTIONS.keys())
+def test_ctrl_c_stops_and_deletes_everything(case: Interruption, demo_process: Any, tmp_path: Path) -> None:
+    proc = demo_process(*case.args)
+    read_until(proc, case.after)
+
+    proc.send_signal(signal.SIGINT)
+
+    assert proc.wait(timeout=60) == case.exit_code
+    assert "Traceback" not in proc.stderr.read()
+    assert_nothing_left(tmp_path / "tmp")
+
+
+def test_keep_leaves_a_cluster_to_explore_with_the_printed_details(demo_process: Any, tmp_path: Path) -> None:
+    proc = demo_process("--keep", "--json")
+    document = json.loads(read_json_document(proc))
+    resources, commands = document["resources"], document["keep"]
+    assert document["ok"] is True
+
+    # What the printed commands do: read the secret from the endpoint, log in with its user and password.
+    client = boto3.session.Session().client(
+        "secretsmanager", endpoint_url=resources["secrets_manager"]["endpoint_url"],
+        region_name=resources["secrets_manager"]["region"], aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    secret = json.loads(client.get_secret_value(SecretId=resources["secrets"][READER],
+                                                VersionStage="AWSCURRENT")["SecretString"])
+    postgres = resources["postgres"]
+    with psycopg.connect(host=postgres["host"], port=postgres["port"], dbname="appdb", user=secret["username"],
+                         password=secret["password"], sslmode="disable", connect_timeout=5) as conn:
+        assert conn.execute("SELECT title FROM films").fetchall() == [("Bananas",)]
+    assert f"PGPORT={postgres['port']}" in commands["environment"]
+    assert resources["secrets_manager"]["endpoint_url"] in commands["environment"]
+    assert secret["password"] not in json.dumps(document), "passwords are fetched by the commands, never printed"
+
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert_nothing_left(tmp_path / "tmp")
+
+
+def read_json_document(proc: subprocess.Popen[str]) -> str:
+    """The --keep --json document: printed whole (indented, its closing brace alone on a line), then it waits."""
+    lines = []
+    deadline = time.monotonic() + STORY_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the demo ended early: {''.join(lines)}{proc.stderr.read()}")
+        lines.append(line)
+        if line == "}\n":
+            return "".join(lines)
+    raise AssertionError(f"no JSON document within {STORY_TIMEOUT}s")
+
+
+# ============================================================================================ cannot start
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@dataclass(frozen=True)
+class StartFailure:
+    #: Command-line arguments; {port} is replaced by a port something already listens on.
+    args: tuple[str, ...]
+    #: Words the message must contain: what is wrong and the fix.
+    names: tuple[str, ...]
+
+
+START_FAILURES = {
+    "postgres-binaries-missing": StartFailure(("--pg-bin", "/nonexistent"),
+                                              ("--pg-bin=/nonexistent", "initdb", "pg_config --bindir")),
+    "postgres-port-taken": StartFailure(("--port", "{port}"), ("already in use", "--port 0")),
+    "secrets-manager-port-taken": StartFailure(("--sm-port", "{port}"), ("already in use", "--sm-port")),
+}
+
+
+@pytest.mark.parametrize("case", START_FAILURES.values(), ids=START_FAILURES.keys())
+def test_a_component_that_cannot_start_is_named_with_its_fix(
+    case: StartFailure, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _listening_socket() as taken:
+        port = str(taken.getsockname()[1])
+        exit_code = main(["demo", *(arg.replace("{port}", port) for arg in case.args)])
+
+    err = capsys.readouterr().err
+    assert exit_code == 1
+    assert err.startswith("error: ") and "Traceback" not in err
+    for words in case.names:
+        assert words in err
