@@ -11,8 +11,8 @@ Order of work, chosen so that a crash at any line leaves nothing a re-run cannot
    nobody knows can never be left behind. An existing secret is the truth: it is kept, and the role is
    reset to its password if that no longer logs in.
 3. Reconcile the roles and privileges in one transaction: either all of it or none of it is committed.
-4. Log in with the secret and check who the session is, that it holds the group's privileges and that it
-   is read-only by default.
+4. Log in with the secret and check who the session is, that it holds the group's privileges and (with
+   ``ReadOnlyTransactions``) that it is read-only by default.
 
 "Brought in line" for roles that already exist, in this database:
 
@@ -30,12 +30,21 @@ Order of work, chosen so that a crash at any line leaves nothing a re-run cannot
   PUBLIC CREATE in schema ``public``, which is logged with the fix.
 - Role attributes: NOLOGIN for the group, LOGIN for the user, neither CREATEDB nor CREATEROLE. A role with
   SUPERUSER, REPLICATION or BYPASSRLS is refused: a CREATEROLE master cannot remove those.
-- ``default_transaction_read_only = on`` is set on the login role (per-role settings are applied at login
-  by the login role, not inherited from groups), on the group for documentation, and on the alternating
-  users' ``_clone`` if rotation created one.
+- ``default_transaction_read_only = on`` is always set on the group role, where it documents intent only:
+  per-role settings are applied once, at login, for the login role (and database); they are not inherited
+  from groups and ``SET ROLE`` to the group does not apply them either.
+- With ``ReadOnlyTransactions: true`` it is also set on the login role and on the alternating users'
+  ``_clone`` if rotation created one (rotation copies the login role's settings to the clone whenever it
+  sets the clone's password), and the login check requires it. Without it (the default) the bootstrap
+  neither sets it on the login roles nor removes it where an administrator did: a setting someone chose on
+  purpose is left as it is, and noted in the log.
 
-Defence in depth, not a boundary: any session may ``SET default_transaction_read_only = off``; the privileges
-are what refuse writes (SQLSTATE 42501).
+The privileges are the barrier: a plain session of the login may SELECT what was granted and anything else is
+refused with SQLSTATE 42501 ("permission denied for table films"), which is what the Query Editor shows.
+``ReadOnlyTransactions`` adds defence in depth, for a role that might later be granted more by mistake: every
+write then fails first with SQLSTATE 25006 ("cannot execute INSERT in a read-only transaction"). It is not a
+boundary: any session may ``SET default_transaction_read_only = off``, after which the privileges refuse the
+write (42501) as before.
 """
 
 from __future__ import annotations
@@ -84,7 +93,7 @@ READ_ONLY_SETTING = "default_transaction_read_only"
 _REQUIRED_KEYS = ("MasterSecretId", "Username")
 _OPTIONAL_KEYS = (
     "DBName", "Host", "Port", "SSL", "Schemas", "Tables", "GroupRole", "SecretName", "KmsKeyId", "Tags",
-    "Strategy", "RemoveOnDelete",
+    "Strategy", "RemoveOnDelete", "ReadOnlyTransactions",
 )
 #: Keys CloudFormation adds to ResourceProperties itself.
 _CLOUDFORMATION_KEYS = ("ServiceToken", "ServiceTimeout")
@@ -239,6 +248,8 @@ class BootstrapRequest:
     kms_key_id: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     remove_on_delete: bool = False
+    #: ``default_transaction_read_only = on`` on the login roles too (opt-in; the group always has it).
+    read_only_transactions: bool = False
 
     @property
     def clone(self) -> str:
@@ -289,6 +300,7 @@ class BootstrapRequest:
             kms_key_id=props.text("KmsKeyId"),
             tags=props.tags("Tags"),
             remove_on_delete=props.boolean("RemoveOnDelete", False),
+            read_only_transactions=props.boolean("ReadOnlyTransactions", False),
         )
         request._check_names(props)
         return request
@@ -542,6 +554,8 @@ class DatabasePlan:
     relations: tuple[Relation, ...]
     #: Schemas whose future tables the group reads (empty with ``Tables``).
     default_privilege_schemas: tuple[str, ...]
+    #: Whether the login roles get ``default_transaction_read_only = on`` too (``ReadOnlyTransactions``).
+    read_only_logins: bool = False
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -637,7 +651,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest) -> Dat
         username=request.username, clone=request.clone if request.clone in roles else None, roles=roles,
         schemas=tuple(schemas), relations=tuple(relations),
         default_privilege_schemas=request.schemas if request.tables is None else (),
-        warnings=warnings,
+        read_only_logins=request.read_only_transactions, warnings=warnings,
     )
     # Raises now, before anything is created, if the read-only promise could not be kept.
     plan.warnings += _privilege_changes(conn, plan).kept
@@ -801,9 +815,21 @@ def _ensure_membership(conn: psycopg.Connection, plan: DatabasePlan) -> list[str
 
 
 def _ensure_read_only_setting(conn: psycopg.Connection, plan: DatabasePlan) -> list[str]:
-    roles = (plan.group_role, *plan.login_roles)
-    rows = _rows(conn, _ROLE_SETTINGS, (list(roles),))
+    """``default_transaction_read_only = on`` on the group, and on the login roles with ``ReadOnlyTransactions``.
+
+    Without it, the login roles' own setting is left as it is: an administrator may have set it on purpose
+    (an explicit ``ReadOnlyTransactions: false`` does not remove it either; ``ALTER ROLE ... RESET`` does).
+    """
+    roles = (plan.group_role, *plan.login_roles) if plan.read_only_logins else (plan.group_role,)
+    rows = _rows(conn, _ROLE_SETTINGS, ([plan.group_role, *plan.login_roles],))
     changes = []
+    if not plan.read_only_logins:
+        kept = sorted({rolname for rolname, _, cfg in rows
+                       if rolname in plan.login_roles and cfg.partition("=")[0] == READ_ONLY_SETTING})
+        if kept:
+            logger.info(f"{READ_ONLY_SETTING} is set on {', '.join(map(repr, kept))} (by an administrator or an "
+                        "earlier run with ReadOnlyTransactions); left as it is: without ReadOnlyTransactions the "
+                        "bootstrap neither sets nor removes it on login roles")
     for name in roles:
         role = sql.Identifier(name)
         settings = [(in_database, cfg.partition("=")) for rolname, in_database, cfg in rows if rolname == name]
@@ -869,16 +895,18 @@ SELECT session_user::text, pg_has_role(session_user, %s, 'USAGE'),
 """
 
 
-def check_login(conn: psycopg.Connection, creds: DatabaseCredentials, group_role: str) -> None:
-    """The secret's session is its user, holds the group's privileges and is read-only by default."""
-    session_user, holds_group, read_only = conn.execute(_SESSION_CHECK, (group_role,)).fetchone()
+def check_login(conn: psycopg.Connection, creds: DatabaseCredentials, group_role: str, *,
+                read_only: bool = False) -> None:
+    """The secret's session is its user, holds the group's privileges and, with ``read_only``, is read-only by
+    default (``ReadOnlyTransactions``; without it the setting is not checked: the privileges refuse writes)."""
+    session_user, holds_group, read_only_default = conn.execute(_SESSION_CHECK, (group_role,)).fetchone()
     problems = []
     if session_user != creds.username:
         problems.append(f"the session user is {session_user!r}")
     if not holds_group:
         problems.append(f"it does not hold the privileges of {group_role!r}")
-    if read_only != "on":
-        problems.append(f"{READ_ONLY_SETTING} is {read_only!r}")
+    if read_only and read_only_default != "on":
+        problems.append(f"{READ_ONLY_SETTING} is {read_only_default!r} (ReadOnlyTransactions is true)")
     if problems:
         raise BootstrapError(f"the secret for {creds.username!r} logs in at {creds.address}, but "
                              + "; ".join(problems))
@@ -987,7 +1015,7 @@ class Bootstrapper:
         if existing is not None and request.tags:
             self._secrets.tag(arn, request.tags)
         creds = DatabaseCredentials.from_secret(document, f"secret {arn}")
-        changes += self._prove_login(creds, request.group_role, target.admin, arn)
+        changes += self._prove_login(creds, request, target.admin, arn)
         for warning in plan.warnings:
             logger.warning(warning)
         result = BootstrapResult(arn, target.secret_name, request.username, request.group_role,
@@ -1045,12 +1073,13 @@ class Bootstrapper:
         changed = sorted(k for k in {*document, *current} if document.get(k) != current.get(k))
         return document, arn, [f"secret {existing.name}: updated {', '.join(changed)}"]
 
-    def _prove_login(self, creds: DatabaseCredentials, group_role: str, admin: DatabaseCredentials,
+    def _prove_login(self, creds: DatabaseCredentials, request: BootstrapRequest, admin: DatabaseCredentials,
                      arn: str) -> list[str]:
         """Log in with the secret; if the role's password differs, the secret wins."""
+        group_role, read_only = request.group_role, request.read_only_transactions
         try:
             with self._database.connect(creds) as conn:
-                check_login(conn, creds, group_role)
+                check_login(conn, creds, group_role, read_only=read_only)
             return []
         except LoginRefused:
             pass
@@ -1061,7 +1090,7 @@ class Bootstrapper:
                 sql.Identifier(creds.username), sql.Literal(scram_verifier(conn, creds.username, creds.password))),
                 f"resetting the password of {creds.username!r}")
         with self._database.connect(creds) as conn:
-            check_login(conn, creds, group_role)
+            check_login(conn, creds, group_role, read_only=read_only)
         return [f"role {creds.username!r}: password reset to the secret's"]
 
     # ---- delete

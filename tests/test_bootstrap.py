@@ -2,7 +2,8 @@
 Aurora), the Secrets Manager API over HTTP (moto server), and the Lambda handler called as Lambda calls it.
 
 What a user cares about is asserted, not how: the new secret logs in, reads films, is refused writes with
-SQLSTATE 42501, can be rotated as is, and no password ever shows up in a log.
+SQLSTATE 42501 in a plain session (as the Query Editor's), can be rotated as is, and no password ever shows up
+in a log. With ``ReadOnlyTransactions`` writes fail first with 25006 (the read-only default), then with 42501.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def credentials(secret: dict[str, Any]) -> dict[str, Any]:
 def sqlstate_of(secret: dict[str, Any], statement: str, *, read_write: bool = False) -> str | None:
     """Run ``statement`` with the secret's login; None when it succeeds, else the SQLSTATE it failed with.
 
-    ``read_write`` first turns the role's read-only default off, as any session may: what is refused then is
-    refused by the privileges themselves.
+    ``read_write`` first turns a read-only default (``ReadOnlyTransactions``) off, as any session may: what is
+    refused then is refused by the privileges themselves.
     """
     with connect(credentials(secret)) as conn:
         if read_write:
@@ -96,6 +97,18 @@ def existing_roles(pg: PostgresServer, *names: str) -> set[str]:
     with pg.connect(dbname="appdb") as conn:
         rows = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(names),)).fetchall()
     return {row[0] for row in rows}
+
+
+def read_only_settings(pg: PostgresServer, *roles: str) -> dict[str, list[str]]:
+    """Each role's own ``default_transaction_read_only`` settings (role-wide or for appdb), as stored."""
+    with pg.connect(dbname="appdb") as conn:
+        rows = conn.execute(
+            "SELECT r.rolname::text, cfg FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            "CROSS JOIN LATERAL unnest(s.setconfig) cfg WHERE r.rolname = ANY(%s) "
+            "AND split_part(cfg, '=', 1) = 'default_transaction_read_only' ORDER BY 1, 2",
+            (list(roles),),
+        ).fetchall()
+    return {role: [cfg for name, cfg in rows if name == role] for role in roles}
 
 
 def direct_privileges(pg: PostgresServer, role: str) -> list[tuple[str, str]]:
@@ -147,20 +160,19 @@ def closed_port() -> int:
 @dataclass(frozen=True)
 class Attempt:
     statement: str
-    read_write: bool
-    #: None: allowed. 42501: refused by privileges. 25006: refused by the read-only default.
+    #: None: allowed. 42501: refused by privileges.
     sqlstate: str | None
 
 
+# A plain session, as the Query Editor opens one: nothing SET first.
 ATTEMPTS = {
-    "select-films": Attempt("SELECT title FROM films", False, None),
-    "insert-refused-by-privileges": Attempt(INSERT, True, "42501"),
-    "update-refused-by-privileges": Attempt("UPDATE films SET title = 'x'", True, "42501"),
-    "delete-refused-by-privileges": Attempt("DELETE FROM films", True, "42501"),
-    "truncate-refused-by-privileges": Attempt("TRUNCATE films", True, "42501"),
-    "create-table-refused-by-privileges": Attempt("CREATE TABLE public.mine (a int)", True, "42501"),
-    "create-schema-refused-by-privileges": Attempt("CREATE SCHEMA mine", True, "42501"),
-    "insert-refused-by-read-only-default": Attempt(INSERT, False, "25006"),
+    "select-films": Attempt("SELECT title FROM films", None),
+    "insert-refused-by-privileges": Attempt(INSERT, "42501"),
+    "update-refused-by-privileges": Attempt("UPDATE films SET title = 'x'", "42501"),
+    "delete-refused-by-privileges": Attempt("DELETE FROM films", "42501"),
+    "truncate-refused-by-privileges": Attempt("TRUNCATE films", "42501"),
+    "create-table-refused-by-privileges": Attempt("CREATE TABLE public.mine (a int)", "42501"),
+    "create-schema-refused-by-privileges": Attempt("CREATE SCHEMA mine", "42501"),
 }
 
 
@@ -169,52 +181,57 @@ def test_the_new_login_reads_and_cannot_write(bootstrap, pg, attempt: Attempt, c
     secret = bootstrap()
 
     assert can_login(credentials(secret))
-    assert sqlstate_of(secret, attempt.statement, read_write=attempt.read_write) == attempt.sqlstate
+    assert sqlstate_of(secret, attempt.statement) == attempt.sqlstate
     assert_never_logged([secret["password"]], pg, capsys.readouterr().out + caplog.text)
 
 
-@pytest.mark.parametrize(
-    ("keys", "later_table_readable"),
-    [({}, True), ({"Tables": ["public.films"]}, False)],
-    ids=["schema-wide-reads-tables-the-master-creates-later", "listed-tables-are-exactly-what-it-reads"],
-)
-def test_tables_created_after_the_bootstrap(bootstrap, cluster, keys, later_table_readable) -> None:
-    secret = bootstrap(**keys)
-    later = f"later_{uuid.uuid4().hex[:8]}"
-    master_execute(cluster, sql.SQL("CREATE TABLE {} (a int)").format(sql.Identifier(later)))
+def test_by_default_only_the_group_is_read_only_by_default(bootstrap, pg, username) -> None:
+    secret = bootstrap()
 
-    outcome = sqlstate_of(secret, f"SELECT * FROM {later}")
+    assert read_only_settings(pg, username, secret["group"]) == {
+        username: [], secret["group"]: ["default_transaction_read_only=on"]}
+    with connect(credentials(secret)) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "off"
 
-    assert outcome == (None if later_table_readable else "42501")
+
+@pytest.mark.parametrize("value", [True, "true", " TRUE "], ids=["boolean", "cloudformation-string", "padded"])
+def test_read_only_transactions_refuse_writes_before_the_privileges_do(bootstrap, pg, username, value) -> None:
+    secret = bootstrap(ReadOnlyTransactions=value)
+
+    assert read_only_settings(pg, username, secret["group"]) == {
+        username: ["default_transaction_read_only=on"], secret["group"]: ["default_transaction_read_only=on"]}
     assert select_titles(credentials(secret)) == ["Bananas"]
+    assert sqlstate_of(secret, INSERT) == "25006", "the read-only default refuses first"
+    assert sqlstate_of(secret, "CREATE TABLE public.mine (a int)") == "25006"
+    assert sqlstate_of(secret, INSERT, read_write=True) == "42501", "past it, the privileges refuse"
+    assert sqlstate_of(secret, "CREATE TABLE public.mine (a int)", read_write=True) == "42501"
 
 
-def test_a_listed_table_in_another_schema_is_readable_and_nothing_else(bootstrap, cluster) -> None:
-    schema = f"sales_{uuid.uuid4().hex[:8]}"
-    master_execute(cluster, sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    master_execute(cluster, sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(schema, "Orders")))
-
-    secret = bootstrap(Tables=[f'{schema}."Orders"'])
-
-    assert sqlstate_of(secret, f'SELECT * FROM {schema}."Orders"') is None
-    assert sqlstate_of(secret, "SELECT * FROM public.films") == "42501"
+def _set_by_an_administrator(bootstrap, cluster, username) -> dict[str, Any]:
+    secret = bootstrap()
+    master_execute(cluster, sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+        sql.Identifier(username)))
+    return secret
 
 
-def test_the_secret_is_in_rds_format_under_the_query_editors_prefix(bootstrap, cluster, username, master_arn,
-                                                                    sm) -> None:
-    kms_key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-    secret = bootstrap(Tags=[{"Key": "team", "Value": "analytics"}], KmsKeyId=kms_key)
+@pytest.mark.parametrize("setup", [
+    _set_by_an_administrator,
+    lambda bootstrap, cluster, username: bootstrap(ReadOnlyTransactions=True),
+], ids=["set-by-an-administrator", "set-by-an-earlier-read-only-transactions-run"])
+def test_without_read_only_transactions_a_login_roles_setting_is_left(bootstrap, cluster, pg, username, setup,
+                                                                       capsys) -> None:
+    secret = setup(bootstrap, cluster, username)
+    capsys.readouterr()
 
-    assert credentials(secret) == {
-        "engine": "postgres", "host": cluster["host"], "port": cluster["port"], "username": username,
-        "password": secret["password"], "dbname": "appdb", "dbClusterIdentifier": "demo-cluster", "ssl": False,
-    }
-    assert len(secret["password"]) == 32
-    described = sm.client().describe_secret(SecretId=secret["arn"])
-    assert described["Name"] == f"rds-db-credentials/demo-cluster/{username}"
-    assert {"Key": "team", "Value": "analytics"} in described["Tags"]
-    assert described["KmsKeyId"] == kms_key
-    assert secret["group"] == f"{username}_readonly"
+    again = bootstrap(ReadOnlyTransactions="false")
+
+    assert again == secret
+    assert read_only_settings(pg, username)[username] == ["default_transaction_read_only=on"], "not removed"
+    assert sqlstate_of(secret, INSERT) == "25006"
+    assert sqlstate_of(secret, INSERT, read_write=True) == "42501"
+    messages = [line.get("message", "") for line in log_lines(capsys)]
+    assert any(username in message and "left as it is" in message for message in messages)
+    assert "bootstrap complete; nothing to change" in messages
 
 
 # ------------------------------------------------------------------------------------- idempotency
@@ -239,6 +256,8 @@ class Drift:
 
     damage: Callable[[dict[str, Any], dict[str, Any]], None]  # (master secret, user secret)
     logged: str
+    #: Bootstrap keys of both runs.
+    keys: dict[str, Any] = field(default_factory=dict)
 
 
 def _change_password(cluster: dict[str, Any], secret: dict[str, Any]) -> None:
@@ -263,20 +282,29 @@ DRIFTS = {
         lambda cluster, secret: master_execute(cluster, sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(
             sql.Identifier(secret["username"]))),
         "revoked CREATE on schema public"),
-    "read-only-default-removed-restored": Drift(
+    "read-only-default-removed-restored-with-read-only-transactions": Drift(
         lambda cluster, secret: master_execute(cluster, sql.SQL("ALTER ROLE {} RESET default_transaction_read_only")
                                                .format(sql.Identifier(secret["username"]))),
-        "default_transaction_read_only = on"),
+        "default_transaction_read_only = on", {"ReadOnlyTransactions": True}),
+    "read-only-override-in-database-removed-with-read-only-transactions": Drift(
+        lambda cluster, secret: master_execute(
+            cluster, sql.SQL("ALTER ROLE {} IN DATABASE appdb SET default_transaction_read_only = off")
+            .format(sql.Identifier(secret["username"]))),
+        "per-database default_transaction_read_only override removed", {"ReadOnlyTransactions": True}),
+    "group-read-only-default-removed-restored": Drift(
+        lambda cluster, secret: master_execute(cluster, sql.SQL("ALTER ROLE {} RESET default_transaction_read_only")
+                                               .format(sql.Identifier(secret["group"]))),
+        "_readonly': default_transaction_read_only = on"),
 }
 
 
 @pytest.mark.parametrize("drift", DRIFTS.values(), ids=DRIFTS.keys())
 def test_a_rerun_brings_things_back_in_line(bootstrap, cluster, pg, sm, drift: Drift, capsys) -> None:
-    secret = bootstrap()
+    secret = bootstrap(**drift.keys)
     drift.damage(cluster, secret)
     capsys.readouterr()
 
-    again = bootstrap()
+    again = bootstrap(**drift.keys)
 
     output = capsys.readouterr().out
     assert drift.logged in output
@@ -284,7 +312,7 @@ def test_a_rerun_brings_things_back_in_line(bootstrap, cluster, pg, sm, drift: D
     assert can_login(credentials(secret))
     assert sqlstate_of(secret, INSERT, read_write=True) == "42501"
     assert sqlstate_of(secret, "CREATE TABLE public.mine (a int)", read_write=True) == "42501"
-    assert sqlstate_of(secret, INSERT) == "25006"
+    assert sqlstate_of(secret, INSERT) == ("25006" if drift.keys.get("ReadOnlyTransactions") else "42501")
     assert_never_logged([secret["password"]], pg, output)
 
 
@@ -308,7 +336,7 @@ def test_a_run_interrupted_after_storing_the_secret_is_finished_by_the_next(
 
     assert credentials(finished) == stored, "the stored secret is the one that now works"
     assert can_login(stored)
-    assert sqlstate_of(finished, INSERT, read_write=True) == "42501"
+    assert sqlstate_of(finished, INSERT) == "42501"
 
 
 def test_a_hand_made_role_is_adopted(bootstrap, make_app_user, pg, capsys) -> None:
@@ -322,16 +350,19 @@ def test_a_hand_made_role_is_adopted(bootstrap, make_app_user, pg, capsys) -> No
     assert not can_login(hand_made), "the password a person once typed no longer works"
     assert direct_privileges(pg, hand_made["username"]) == [], "privileges now come through the group only"
     assert select_titles(credentials(secret)) == ["Bananas"]
-    assert sqlstate_of(secret, INSERT, read_write=True) == "42501"
+    assert sqlstate_of(secret, INSERT) == "42501"
     assert_never_logged([secret["password"]], pg, capsys.readouterr().out)
 
 
 # --------------------------------------------------------------------------------------- rotation
 
 
+@pytest.mark.parametrize("read_only_transactions", [False, True], ids=["default", "read-only-transactions"])
 @pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
-def test_the_created_secret_rotates_as_is(bootstrap, sm, pg, master_arn, username, strategy, capsys) -> None:
-    created = bootstrap(Strategy=strategy)
+def test_the_created_secret_rotates_as_is(bootstrap, sm, pg, master_arn, username, strategy,
+                                          read_only_transactions, capsys) -> None:
+    keys = {"Strategy": strategy, "ReadOnlyTransactions": read_only_transactions}
+    created = bootstrap(**keys)
     assert created.get("masterarn") == (master_arn if strategy == ALTERNATING else None)
     passwords = [created["password"]]
 
@@ -342,14 +373,17 @@ def test_the_created_secret_rotates_as_is(bootstrap, sm, pg, master_arn, usernam
         assert can_login(current)
         assert select_titles(current) == ["Bananas"]
         assert sqlstate_of(current, INSERT, read_write=True) == "42501"
-        assert sqlstate_of(current, INSERT) == "25006", "the read-only default holds for the rotated login too"
+        if read_only_transactions:
+            assert sqlstate_of(current, INSERT) == "25006", "the read-only default holds for the rotated login too"
+        else:
+            assert sqlstate_of(current, INSERT) == "42501", "a plain session is refused by the privileges"
         if strategy == SINGLE:
             assert current["username"] == username
             assert not can_login(sm.value(created["arn"], "AWSPREVIOUS"))
         else:
             assert current["username"] == username + ("_clone" if round_ == 1 else "")
         # A re-run (a CloudFormation update, say) in between rotations must not undo them.
-        assert {k: v for k, v in bootstrap(Strategy=strategy).items() if k != "group"} == {
+        assert {k: v for k, v in bootstrap(**keys).items() if k != "group"} == {
             **current, "arn": created["arn"]}
 
     assert len(set(passwords)) == 3
@@ -464,6 +498,7 @@ INVALID_EVENTS = {
     "group-same-as-username": ({"GroupRole": "reader"}, "'GroupRole'"),
     "clone-name-for-alternating-users": ({"Username": "reader_clone", "Strategy": ALTERNATING}, "'Username'"),
     "remove-on-delete-not-boolean": ({"RemoveOnDelete": "maybe"}, "'RemoveOnDelete'"),
+    "read-only-transactions-not-boolean": ({"ReadOnlyTransactions": "yes"}, "'ReadOnlyTransactions'"),
     "tags-wrong-shape": ({"Tags": ["team"]}, "'Tags'"),
     "ssl-unknown-mode": ({"SSL": "prefer"}, "'SSL'"),
     "secret-name-bad-characters": ({"SecretName": "my secret"}, "'SecretName'"),
