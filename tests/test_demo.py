@@ -7,6 +7,8 @@ must be empty afterwards, and no process may still name it on its command line.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import signal
@@ -24,6 +26,7 @@ import psycopg
 import pytest
 
 from rotation.cli import main
+from rotation.commands.demo import wants_colour
 from rotation.demo import MASK, READER, READER_CLONE
 
 #: Figures the summary promises (README, issue 5): step timings and counts.
@@ -300,3 +303,35 @@ def test_a_component_that_cannot_start_is_named_with_its_fix(
     assert err.startswith("error: ") and "Traceback" not in err
     for words in case.names:
         assert words in err
+
+
+# ============================================================================================ colour
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class ColourCase:
+    out: io.StringIO
+    env: dict[str, str]
+    flags: tuple[str, ...]
+    colour: bool
+
+
+COLOUR = {
+    "terminal": ColourCase(Terminal(), {}, (), True),
+    "pipe-or-file": ColourCase(io.StringIO(), {}, (), False),
+    "NO_COLOR-set": ColourCase(Terminal(), {"NO_COLOR": "1"}, (), False),
+    "NO_COLOR-empty-is-unset": ColourCase(Terminal(), {"NO_COLOR": ""}, (), True),  # as no-color.org says
+    "--no-color": ColourCase(Terminal(), {}, ("--no-color",), False),
+    "--json": ColourCase(Terminal(), {}, ("--json",), False),
+}
+
+
+@pytest.mark.parametrize("case", COLOUR.values(), ids=COLOUR.keys())
+def test_colour_only_on_a_terminal_that_did_not_opt_out(case: ColourCase) -> None:
+    args = argparse.Namespace(no_color="--no-color" in case.flags, json="--json" in case.flags)
+    assert wants_colour(args, case.out, case.env) is case.colour

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
 HELP = "play the whole story locally: real PostgreSQL, local Secrets Manager, bootstrap, both rotations"
@@ -59,8 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true",
                         help="leave PostgreSQL and the endpoint running until Ctrl-C, and print how to connect")
     parser.add_argument("--json", action="store_true", help="print one JSON report on stdout instead of the story")
-    parser.add_argument("--no-color", action="store_true", help="no colour (also off when NO_COLOR is set or stdout "
-                        "is not a terminal)")
+    parser.add_argument("--no-color", action="store_true",
+                        help="no colour (also off when NO_COLOR is non-empty or stdout is not a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from rotation.local.postgres import cleanup_on_sigterm
 
     cleanup_on_sigterm()  # `kill` must stop the servers and delete their directories, as Ctrl-C does
-    view = _View(sys.stdout, colour=_wants_colour(args), quiet=args.json)
+    view = _View(sys.stdout, colour=wants_colour(args, sys.stdout, os.environ), quiet=args.json)
     options = DemoOptions(pg_bin=args.pg_bin, pg_port=args.port, sm_port=args.sm_port)
     view.heading("rotation demo: the whole story on a real PostgreSQL and a local Secrets Manager API")
     try:
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _wants_colour(args: argparse.Namespace) -> bool:
-    return not args.no_color and not args.json and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+def wants_colour(args: argparse.Namespace, out: TextIO, env: Mapping[str, str]) -> bool:
+    """Colour only for a person at a terminal who has not said no (--no-color, or a non-empty NO_COLOR)."""
+    return not args.no_color and not args.json and not env.get("NO_COLOR") and out.isatty()
 
 
 def _keeper(args: argparse.Namespace, view: _View):
