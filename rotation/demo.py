@@ -379,7 +379,7 @@ def _report_rotation(report: StepReport, run: RotationRun, label: str) -> None:
     report.figures[f"{key}_total_ms"] = _ms(run.seconds)
 
 
-def _check_stages(report: StepReport, story: Story, secret_arn: str, run: RotationRun, label: str) -> str | None:
+def _check_stages(report: StepReport, story: Story, secret_arn: str, run: RotationRun, label: str) -> None:
     """AWSCURRENT on the new version, AWSPENDING nowhere else: what lets the next rotation start."""
     stages = story.sm.stages(secret_arn)
     current = next((version for version, labels in stages.items() if AWSCURRENT in labels), None)
@@ -388,7 +388,6 @@ def _check_stages(report: StepReport, story: Story, secret_arn: str, run: Rotati
                  f"AWSCURRENT is on {current}")
     report.check(f"{label}: no AWSPENDING left on another version", not stray_pending,
                  f"stray AWSPENDING on {stray_pending}" if stray_pending else "the next rotation can start")
-    return current
 
 
 # ============================================================================================ the steps
