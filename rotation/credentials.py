@@ -55,6 +55,12 @@ def _text(document: Mapping[str, Any], key: str, source: str, *, required: bool,
     if not isinstance(value, str) or not value:
         # Never echo the value: for "password" that would be the secret itself.
         raise SecretFormatError(f"{source} key {key!r} must be a non-empty string")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # JSON admits escapes such as "\ud800" that no driver or server can encode.
+            raise SecretFormatError(f"{source} key {key!r} holds an unpaired surrogate escape, not text") from None
     return value
 
 
@@ -62,7 +68,7 @@ def _port(document: Mapping[str, Any], source: str) -> int:
     raw = document.get("port", DEFAULT_PORT)
     if isinstance(raw, bool):
         raise SecretFormatError(f"{source} key 'port' must be a number, got a boolean")
-    if isinstance(raw, str) and raw.strip().isdigit():
+    if isinstance(raw, str) and raw.strip().isdecimal():  # isdigit() admits "²", which int() refuses
         raw = int(raw.strip())
     if not isinstance(raw, int) or not 1 <= raw <= 65535:
         raise SecretFormatError(f"{source} key 'port' must be a TCP port number (1-65535), got {raw!r}")
@@ -119,7 +125,7 @@ class DatabaseCredentials:
             raise SecretFormatError(
                 f"{source} is missing the key 'engine' (expected one of {', '.join(sorted(POSTGRES_ENGINES))})"
             )
-        if engine not in POSTGRES_ENGINES:
+        if not isinstance(engine, str) or engine not in POSTGRES_ENGINES:
             raise SecretFormatError(
                 f"{source} has engine {engine!r}; this function rotates "
                 f"{' or '.join(sorted(POSTGRES_ENGINES))} secrets only"
@@ -145,8 +151,9 @@ class DatabaseCredentials:
         Missing connection details come from ``fallback``, the user secret being rotated: the admin must
         change the password on the same server the application connects to.
         """
-        if "engine" in document and document["engine"] not in POSTGRES_ENGINES:
-            raise SecretFormatError(f"{source} has engine {document['engine']!r}; expected a PostgreSQL secret")
+        engine = document.get("engine", "postgres")
+        if not isinstance(engine, str) or engine not in POSTGRES_ENGINES:
+            raise SecretFormatError(f"{source} has engine {engine!r}; expected a PostgreSQL secret")
         return cls(
             host=_text(document, "host", source, required=False, default=fallback.host),
             port=_port(document, source) if "port" in document else fallback.port,
