@@ -212,7 +212,7 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         if first:
             figures[f"{strategy} first rotation ms"] = first["first_rotation_ms"]["median"]
         for run in section.get("throughput", []):
-            figures[f"{strategy} {run['workers']} workers rotations/s"] = run["rotations_per_s"]
+            figures[f"{strategy} rotations/s with {run['workers']} worker(s)"] = run["rotations_per_s"]
     for key, stats in results.get("cold_start", {}).get("import_ms", {}).items():
         if stats:
             figures[f"import {key} ms"] = stats["median"]
