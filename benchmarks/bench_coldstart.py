@@ -115,31 +115,35 @@ def measure_imports(samples: int, artifact_dir: Path | None) -> dict[str, Any]:
 
 def _first_invocation_sample(lab: Lab, strategy: str, rotations: int) -> dict[str, Any]:
     arn = lab.new_user_secret(strategy, SSL_FALSE)
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, bufsize=1,
-    )
-    try:
-        ready = json.loads(child.stdout.readline() or "{}")
-        if "import_ms" not in ready:
-            raise BenchmarkError(f"the first-invocation child did not start: {child.stderr.read()[-2000:]}")
-        runs = []
-        for _ in range(rotations):
-            # The service's part (staging AWSPENDING) edits moto's model, which lives in this process.
-            token = lab.sm.stage_pending(arn)
-            child.stdin.write(f"{arn} {token}\n")
-            child.stdin.flush()
-            reply = json.loads(child.stdout.readline() or '{"error": "the child exited"}')
-            if "error" in reply:
-                raise BenchmarkError(f"rotation in the first-invocation child failed: {reply['error']}")
-            runs.append(reply)
-    finally:
-        child.stdin.close()
+    # stderr to a file, not a pipe: a chatty child must never block on a pipe nobody reads until the end.
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD_SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+            text=True, bufsize=1,
+        )
         try:
-            child.wait(timeout=_SUBPROCESS_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            ready = json.loads(child.stdout.readline() or "{}")
+            if "import_ms" not in ready:
+                child.wait(timeout=_SUBPROCESS_TIMEOUT_S)
+                errors.seek(0)
+                raise BenchmarkError(f"the first-invocation child did not start: {errors.read()[-2000:]}")
+            runs = []
+            for _ in range(rotations):
+                # The service's part (staging AWSPENDING) edits moto's model, which lives in this process.
+                token = lab.sm.stage_pending(arn)
+                child.stdin.write(f"{arn} {token}\n")
+                child.stdin.flush()
+                reply = json.loads(child.stdout.readline() or '{"error": "the child exited"}')
+                if "error" in reply:
+                    raise BenchmarkError(f"rotation in the first-invocation child failed: {reply['error']}")
+                runs.append(reply)
+        finally:
+            child.stdin.close()
+            try:
+                child.wait(timeout=_SUBPROCESS_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
     return {"import_ms": ready["import_ms"], "runs": runs}
 
 

@@ -177,7 +177,7 @@ def render(results: dict[str, Any], checks: list[Check]) -> str:
         machine_line(results),
         f"{settings['rounds']} timed rotations after {settings['warmup']} warm-up per row; throughput "
         f"{settings['rotations_per_worker']} rotations per worker; cold start over {settings['samples']} fresh "
-        "interpreters. Secrets Manager is moto over HTTP in the same process: count the calls, not their latency.",
+        "interpreter(s). Secrets Manager is moto over HTTP in the same process: count the calls, not their latency.",
         "### Round trips per step (secret with \"ssl\": false)",
         _round_trip_table(results),
         "Secrets Manager operations per step:",

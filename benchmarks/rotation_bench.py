@@ -112,7 +112,7 @@ def measure_strategy(lab: Lab, strategy: str, args: argparse.Namespace) -> dict[
         throughput = [measure_throughput(lab, strategy, workers=workers,
                                          rotations_per_worker=args.rotations_per_worker)
                       for workers in sorted({1, args.workers})]
-    with section(f"{strategy}: first invocation in {args.samples} fresh interpreters"):
+    with section(f"{strategy}: first invocation in {args.samples} fresh interpreter(s)"):
         first_invocation = measure_first_invocation(lab, strategy, samples=args.samples)
     return {"variants": variants, "throughput": throughput, "first_invocation": first_invocation}
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             artifact = ({"available": False, "reason": "--skip-artifact"} if args.skip_artifact
                         else measure_artifact(args.artifact_dir, scratch))
         strategies = {strategy: measure_strategy(lab, strategy, args) for strategy in STRATEGIES}
-        with section(f"import times in {args.samples} fresh interpreters"):
+        with section(f"import times in {args.samples} fresh interpreter(s)"):
             artifact_dir = Path(artifact["path"]) if artifact.get("available") else None
             cold_start = measure_imports(args.samples, artifact_dir)
         machine = describe_machine(lab.server_versions())
