@@ -42,6 +42,11 @@ class SecretStore(Protocol):
         """Store ``secret_string`` as version ``token`` labelled AWSPENDING (idempotent for the same value)."""
         ...
 
+    def has_value(self, secret_id: str, version_id: str, stage: str) -> bool:
+        """Whether version ``version_id`` (labelled ``stage``) holds a value. Versions are immutable, so an
+        adapter may remember a yes for the life of the process."""
+        ...
+
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None: ...
 
 

@@ -271,6 +271,13 @@ class Rotation:
                            False, strategy.name, pending.username)
 
     def _finish_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
+        # The service only finishes after createSecret stored a value, but a person can invoke finishSecret
+        # alone (console Test button, `rotation invoke`): never make an empty version AWSCURRENT.
+        if not self._store.has_value(reads.metadata.arn, event.token, AWSPENDING):
+            raise RotationStateError(
+                f"version {event.token} of secret {reads.metadata.arn} holds no value yet (createSecret has not "
+                "run for it); refusing to make it AWSCURRENT"
+            )
         current_version = reads.metadata.version_with(AWSCURRENT)
         self._store.move_current(reads.metadata.arn, event.token, current_version)
         return StepOutcome(event.step, f"AWSCURRENT moved to version {event.token} from {current_version}", True)

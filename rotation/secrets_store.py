@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections import OrderedDict
 
 import boto3
 from botocore.config import Config
@@ -56,6 +58,35 @@ def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROT
     env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER"), os.environ.get("AWS_ENDPOINT_URL"))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return _cached_client(endpoint_url, region, env_endpoints, config)
+
+
+class _VersionsWithValues:
+    """(secret ARN, version id) pairs known to hold a value, remembered for the container's life.
+
+    A version's value never changes once stored, so a yes stays true; finishSecret's guard then costs no
+    extra call when the same container saw the value earlier in the rotation (the usual case).
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def add(self, secret_id: str, version_id: str | None) -> None:
+        if version_id is None:
+            return
+        with self._lock:
+            self._seen[(secret_id, version_id)] = None
+            self._seen.move_to_end((secret_id, version_id))
+            while len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._seen
+
+
+_versions_with_values = _VersionsWithValues()
 
 
 class SecretsManagerStore:
@@ -108,13 +139,24 @@ class SecretsManagerStore:
         if version_id is not None:
             kwargs["VersionId"] = version_id
         response = self._call("get_secret_value", secret_id, **kwargs)
+        _versions_with_values.add(response.get("ARN", secret_id), response.get("VersionId"))
         return response.get("SecretString")
+
+    def has_value(self, secret_id: str, version_id: str, stage: str) -> bool:
+        if (secret_id, version_id) in _versions_with_values:
+            return True
+        try:
+            self.get_secret_string(secret_id, stage, version_id)
+        except PendingValueMissing:
+            return False
+        return True
 
     def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:
         kwargs = {"ClientRequestToken": token, "SecretString": secret_string, "VersionStages": ["AWSPENDING"]}
         if rotation_token:
             kwargs["RotationToken"] = rotation_token
-        self._call("put_secret_value", secret_id, **kwargs)
+        response = self._call("put_secret_value", secret_id, **kwargs)
+        _versions_with_values.add(response.get("ARN", secret_id), token)
 
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None:
         kwargs = {"VersionStage": AWSCURRENT, "MoveToVersionId": to_version}

@@ -18,6 +18,7 @@ class FakeStore:
         self.stages: dict[str, dict[str, set[str]]] = {}  # arn -> version -> labels
         self.rotation_enabled: dict[str, bool] = {}
         self.calls: list[str] = []
+        self.seen: set[tuple[str, str]] = set()
 
     def create(self, arn: str, document: dict, version: str = "v0") -> str:
         self.values[arn] = {version: json.dumps(document)}
@@ -51,8 +52,16 @@ class FakeStore:
                 value = self.values[secret_id][version]
                 if value is None:
                     raise PendingValueMissing(f"version {version} has no value")
+                self.seen.add((secret_id, version))
                 return value
         raise SecretsManagerError(f"no version with stage {stage}")
+
+    def has_value(self, secret_id: str, version_id: str, stage: str) -> bool:
+        # Like the real adapter: a version seen with a value costs no call.
+        if (secret_id, version_id) in self.seen:
+            return True
+        self.calls.append(f"get:{stage}")
+        return self.values[secret_id].get(version_id) is not None
 
     def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:
         self.calls.append("put")
@@ -60,6 +69,7 @@ class FakeStore:
             labels.discard(AWSPENDING)
         self.stages[secret_id].setdefault(token, set()).add(AWSPENDING)
         self.values[secret_id][token] = secret_string
+        self.seen.add((secret_id, token))
 
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None:
         self.calls.append("move")

@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from fakes import FakeDatabase, FakeStore
 from faults import closed_port
 from helpers import can_login
@@ -379,21 +378,11 @@ def test_any_event_runs_its_step_or_fails_cleanly_end_to_end(sm, make_app_user, 
 
 # --- a known hazard outside the service's contract ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finishSecret trusts the service's ordering: invoked alone (console Test button, `rotation invoke`) it moves "
-    "AWSCURRENT onto the empty AWSPENDING version. Guarding it costs a read inside the single-user window; "
-    "left to a decision, see docs/reliability.md"))
 def test_finish_secret_alone_keeps_awscurrent_readable(sm, make_app_user, store_secret):
     secret = make_app_user()
     arn = store_secret(secret)
     token = sm.stage_pending(arn)
-    try:
+    with pytest.raises(RotationStateError, match="holds no value yet"):
         invoke(Step.FINISH, arn, token)
-    except RotationError:
-        pass
-    try:
-        current = sm.value(arn, AWSCURRENT)
-    except ClientError:
-        current = None
-    assert current == secret
+    assert sm.value(arn, AWSCURRENT) == secret
     resume(arn, token)

@@ -229,3 +229,11 @@ def test_toggle_clone(username, alternate):
 def test_toggle_clone_refuses_names_that_would_be_truncated():
     with pytest.raises(SecretFormatError, match="63-byte limit"):
         toggle_clone("x" * 58)
+
+
+def test_finish_secret_alone_refuses_to_make_an_empty_version_current():
+    h = Harness(USER)
+    h.start()
+    with pytest.raises(RotationStateError, match="holds no value yet"):
+        h.step(Step.FINISH)
+    assert h.current() == USER

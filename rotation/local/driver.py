@@ -70,6 +70,9 @@ class StagedPendingStore:
     def get_secret_string(self, secret_id: str, stage: str, version_id: str | None = None) -> str:
         return self._inner.get_secret_string(secret_id, stage, version_id)
 
+    def has_value(self, secret_id: str, version_id: str, stage: str) -> bool:
+        return self._inner.has_value(secret_id, version_id, stage)
+
     def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:
         self._inner.put_pending(secret_id, token, secret_string, rotation_token)
 
