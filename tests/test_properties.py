@@ -134,13 +134,6 @@ def events_for(arn: str, token: str) -> st.SearchStrategy[Any]:
                       mutations(good, awkward, (*EVENT_KEYS, "Preflight"), max_changes=2))
 
 
-def finishes_alone(event: Any, arn: str, token: str) -> bool:
-    """finishSecret for the staged rotation, invoked before the other steps: outside the service's contract, it
-    moves AWSCURRENT to an unverified version (test_finish_secret_alone_keeps_awscurrent_readable, below)."""
-    return isinstance(event, dict) and (event.get("Step"), event.get("SecretId"), event.get(
-        "ClientRequestToken")) == (Step.FINISH.value, arn, token)
-
-
 # --- what a good error looks like -----------------------------------------------------------------------
 
 #: The words that say what is wrong, by error type: a key, the JSON shape, the token, the call that failed.
@@ -275,7 +268,6 @@ def test_any_secret_rotates_or_fails_cleanly_on_in_memory_ports(raw):
 @FAST
 @given(event=events_for(USER_ARN, TOKEN))
 def test_any_event_runs_its_step_or_fails_cleanly_on_in_memory_ports(event):
-    assume(not finishes_alone(event, USER_ARN, TOKEN))
     valid = {"engine": "postgres", "host": "db", "username": "app", "password": "pw⟦app⟧", "dbname": "appdb"}
     store, db, rotation = staged(json.dumps(valid))
     try:
@@ -361,7 +353,6 @@ def test_any_event_runs_its_step_or_fails_cleanly_end_to_end(sm, make_app_user, 
     arn = store_secret(secret)
     token = sm.stage_pending(arn)
     request = data.draw(events_for(arn, token), label="event")
-    assume(not finishes_alone(request, arn, token))
     try:
         handler.rotate(request, None)
     except RotationError as error:
@@ -376,7 +367,7 @@ def test_any_event_runs_its_step_or_fails_cleanly_end_to_end(sm, make_app_user, 
     assert sm.value(arn, AWSPREVIOUS) == secret
 
 
-# --- a known hazard outside the service's contract ------------------------------------------------------
+# --- finishSecret invoked alone (console Test button, `rotation invoke`) -------------------------------
 
 def test_finish_secret_alone_keeps_awscurrent_readable(sm, make_app_user, store_secret):
     secret = make_app_user()
