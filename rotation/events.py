@@ -21,6 +21,12 @@ class Step(enum.StrEnum):
     TEST = "testSecret"
     FINISH = "finishSecret"
 
+    @classmethod
+    def metric_dimension(cls, event: Any) -> str:
+        """The event's step as a metric dimension; anything else is "invalid", keeping cardinality at five."""
+        raw = event.get("Step") if isinstance(event, Mapping) else None
+        return raw if isinstance(raw, str) and raw in cls._value2member_map_ else "invalid"
+
 
 def _require_mapping(event: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(event, Mapping):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rotation.config import Settings
-from rotation.events import PreflightEvent, RotationEvent
+from rotation.events import PreflightEvent, RotationEvent, Step
 from rotation.observability import annotate, logged_failure, logger, start_invocation, step_metrics
 from rotation.protocol import Rotation
 from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
@@ -29,8 +29,7 @@ def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
         from rotation.preflight import run_preflight  # only the diagnostic path pays for it
 
         return run_preflight(PreflightEvent.parse(event))
-    step_name = event.get("Step") if isinstance(event, dict) else None
-    with step_metrics("RotationStep", str(step_name)), logged_failure():
+    with step_metrics("RotationStep", Step.metric_dimension(event)), logged_failure():
         request = RotationEvent.parse(event)
         annotate(step=request.step.value, secret_id=request.secret_id, token=request.token)
         settings = Settings.from_env()

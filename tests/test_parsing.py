@@ -51,6 +51,20 @@ def test_bad_rotation_events_name_the_problem(event, message):
         RotationEvent.parse(event)
 
 
+@pytest.mark.parametrize(
+    ("event", "dimension"),
+    [
+        pytest.param(VALID_EVENT, "createSecret", id="valid"),
+        pytest.param({"Step": ""}, "invalid", id="empty"),
+        pytest.param({"Step": "x" * 500}, "invalid", id="arbitrary-text"),
+        pytest.param({"Step": ["createSecret"]}, "invalid", id="unhashable"),
+        pytest.param("not-a-dict", "invalid", id="not-an-object"),
+    ],
+)
+def test_metric_dimension_never_carries_arbitrary_input(event, dimension):
+    assert Step.metric_dimension(event) == dimension
+
+
 def test_preflight_event_is_recognised_only_when_asked_for():
     assert PreflightEvent.matches({"Preflight": True, "SecretId": "s"})
     assert not PreflightEvent.matches({"Preflight": "yes", "SecretId": "s"})
