@@ -26,18 +26,6 @@ from rotation.secrets_store import secrets_manager_client
 SINGLE_USER, ALTERNATING_USERS = "single-user", "alternating-users"
 STRATEGIES = (SINGLE_USER, ALTERNATING_USERS)
 
-#: Variables that could route boto3 to a real account or another endpoint (as tests/conftest.py clears them).
-_MASKED_AWS_VARIABLES = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_ENDPOINT_URL",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-)
-
-
 class BenchmarkError(Exception):
     """The benchmark could not measure (a server did not start, a rotation failed): exit code 2, not 1."""
 
@@ -142,13 +130,6 @@ class Lab:
         return sum(log.new_connections() for log in self._server_logs)
 
 
-def _point_aws_sdk_at(sm: LocalSecretsManager) -> None:
-    for name in _MASKED_AWS_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(sm.env())
-    os.environ.update(POWERTOOLS_METRICS_NAMESPACE="SecretsRotationBench", POWERTOOLS_SERVICE_NAME="rotation-bench")
-
-
 def _start_tls_server(stack: ExitStack) -> tuple[PostgresServer | None, str | None]:
     """The TLS server, or None and why: its figures are then n/a rather than the whole run failing."""
     try:
@@ -165,7 +146,8 @@ def _start_tls_server(stack: ExitStack) -> tuple[PostgresServer | None, str | No
 def open_lab(stack: ExitStack) -> Lab:
     """Start everything; ``stack`` stops it. Statement logging is off: Aurora's default, and it costs time."""
     sm = stack.enter_context(LocalSecretsManager())
-    _point_aws_sdk_at(sm)
+    stack.enter_context(sm.isolated_environment(POWERTOOLS_METRICS_NAMESPACE="SecretsRotationBench",
+                                                POWERTOOLS_SERVICE_NAME="rotation-bench"))
     plain = stack.enter_context(start_postgres(find_bindir(), log_statement="none"))
     tls, tls_missing_reason = _start_tls_server(stack)
     if tls is not None:

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import re
 import time
 import uuid
@@ -52,8 +51,6 @@ PERMISSION_DENIED_FILMS = "permission denied for table films"
 # libpq reports a refused login without a SQLSTATE: the message is all there is to match.
 _REFUSED_LOGIN = ("password authentication failed", "is not permitted to log in")
 # Variables that could send the story's SDK calls to a real account or change which strategy it shows.
-_SCRUBBED_PREFIXES = ("AWS_",)
-_SCRUBBED_NAMES = ("ROTATION_STRATEGY",)
 _LOG_STATEMENT = re.compile(r"\] (?P<user>[^@\s]*)@(?P<db>\S*) LOG:  statement: (?P<sql>.*)$")
 _PASSWORD_STATEMENT = re.compile(r"^(CREATE|ALTER) ROLE .*PASSWORD '(?P<value>[^']*)'", re.IGNORECASE)
 
@@ -323,26 +320,6 @@ def scram_verifier_matches(verifier: str, password: str) -> bool:
     return hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(expected_server, server_key)
 
 
-@contextlib.contextmanager
-def aws_environment(secrets: LocalSecretsManager) -> Iterator[None]:
-    """Point every AWS SDK call at the local endpoint, and put the caller's environment back afterwards.
-
-    Every AWS_* variable is removed first (profiles, role ARNs, container credentials, AWS_ENDPOINT_URL), so
-    credentials a person has configured can never make the demo touch a real account.
-    """
-    saved = dict(os.environ)
-    for name in list(os.environ):
-        if name.startswith(_SCRUBBED_PREFIXES) or name in _SCRUBBED_NAMES:
-            del os.environ[name]
-    os.environ.update(secrets.env())
-    try:
-        yield
-    finally:
-        for name in set(os.environ) - set(saved):
-            del os.environ[name]
-        os.environ.update(saved)
-
-
 @dataclass(frozen=True, slots=True)
 class RotationRun:
     token: str
@@ -408,7 +385,7 @@ def create_cluster(story: Story, report: StepReport) -> StepReport:
         raise
     story.cleanup.callback(story.secrets.stop)
     report.figures["secrets_manager_start_ms"] = _ms(time.perf_counter() - started)
-    story.cleanup.enter_context(aws_environment(story.secrets))
+    story.cleanup.enter_context(story.secrets.isolated_environment())
 
     started = time.perf_counter()
     story.server = start_postgres(story.bindir, port=options.pg_port, log_statement="all")

@@ -15,7 +15,7 @@ import pytest
 
 from rotation.local.aurora import create_app_role, setup_aurora_like
 from rotation.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
-from rotation.local.secretsmanager import LocalSecretsManager
+from rotation.local.secretsmanager import LocalSecretsManager, routing_variables
 
 
 @pytest.fixture(scope="session")
@@ -53,16 +53,8 @@ def sm() -> Iterator[LocalSecretsManager]:
 @pytest.fixture(autouse=True)
 def aws_env(sm: LocalSecretsManager, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Point every AWS SDK call of every test at moto, so no test can ever reach a real account."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ROLE_ARN",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    for name in routing_variables(os.environ):
+        monkeypatch.delenv(name)
     env = {
         **sm.env(),
         "POWERTOOLS_METRICS_NAMESPACE": "SecretsRotationTests",

@@ -18,7 +18,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 from rotation.local import LocalToolError
@@ -34,6 +35,16 @@ def _client_error(code: str, message: str, operation: str) -> Exception:
     from botocore.exceptions import ClientError
 
     return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+
+def routing_variables(environ: Mapping[str, str]) -> list[str]:
+    """The variables to clear before pointing boto3 at a local endpoint.
+
+    Every ``AWS_*`` one (profiles, role ARNs, endpoints, container credentials) could route a call to a real
+    account; ``ROTATION_STRATEGY`` would change what the local story shows.
+    """
+    return [name for name in environ if name.startswith("AWS_") or name == "ROTATION_STRATEGY"]
 
 
 class LocalSecretsManager:
@@ -120,6 +131,21 @@ class LocalSecretsManager:
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+    @contextmanager
+    def isolated_environment(self, environ: MutableMapping[str, str] | None = None,
+                             **extra: str) -> Iterator[None]:
+        """Clear :func:`routing_variables`, point the SDK at this server, and restore everything afterwards."""
+        environ = os.environ if environ is None else environ
+        saved = dict(environ)
+        for name in routing_variables(environ):
+            del environ[name]
+        environ.update(self.env(), **extra)
+        try:
+            yield
+        finally:
+            environ.clear()
+            environ.update(saved)
 
     # ---- convenience API calls
 
