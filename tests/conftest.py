@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import helpers
 import pytest
 
 from rotation.local.aurora import create_app_role, setup_aurora_like
@@ -93,3 +94,21 @@ def store_secret(sm: LocalSecretsManager) -> Callable[..., str]:
         return sm.create_secret(name or f"test/{uuid.uuid4().hex}", value, **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with helpers.closed_port() as port:
+        yield port
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    with helpers.silent_listener() as port:
+        yield port
+
+
+@pytest.fixture
+def blackhole_listener() -> Iterator[int]:
+    with helpers.blackhole_listener() as port:
+        yield port

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
-import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +27,7 @@ import psycopg
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
+from helpers import closed_port, silent_listener
 from psycopg import sql
 
 from rotation.database import APPLICATION_NAME
@@ -145,14 +144,6 @@ def is_role_change(label: str) -> bool:
 
 
 @contextlib.contextmanager
-def closed_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that refuses connections: bound (so nobody else takes it) but not listening."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        yield holder.getsockname()[1]
-
-
-@contextlib.contextmanager
 def database_faults(injector: Injector, terminate: Callable[[int], None]) -> Iterator[Injector]:
     """Count (and fail) the function's connections, or its role-changing statements and commits.
 
@@ -251,30 +242,5 @@ def throttled(client: Any, first_attempts: Mapping[str, int]) -> Iterator[Counte
 @contextlib.contextmanager
 def silent_endpoint() -> Iterator[str]:
     """An HTTP endpoint that accepts connections and never answers (a hung proxy, a half-open network path)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_and_hold() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=accept_and_hold, name="silent-endpoint", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        listener.close()
+    with silent_listener() as port:
+        yield f"http://127.0.0.1:{port}"

@@ -6,7 +6,9 @@ AWSCURRENT actually log in?" without caring how the secret was produced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import socket
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -52,3 +54,36 @@ def assert_refused_insert(secret: Mapping[str, Any]) -> None:
 def select_titles(secret: Mapping[str, Any]) -> list[str]:
     with connect(secret) as conn:
         return [row[0] for row in conn.execute("SELECT title FROM films ORDER BY code")]
+
+
+# --- network paths that fail in the three ways an operator meets ----------------------------------------
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections at once: bound (so nobody else takes it), not listening."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """Accepts TCP connections (the kernel does) and never says a word: a hung proxy, a half-open path."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
+@contextlib.contextmanager
+def blackhole_listener() -> Iterator[int]:
+    """Connection attempts get no answer at all, as with a security group that drops them.
+
+    A listener with backlog 0 holding one unaccepted connection makes the kernel drop every further SYN.
+    """
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        yield port

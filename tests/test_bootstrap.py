@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
-from helpers import can_login, connect, select_titles
+from helpers import can_login, closed_port, connect, select_titles
 from psycopg import sql
 from service import rotate
 from test_cfn import ResponseServer, custom_resource_event, serve_responses
@@ -148,10 +147,10 @@ def response_server() -> Iterator[ResponseServer]:
         yield server
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def unused_port() -> int:
+    """A port nobody listens on (released at once: the bootstrap only has to find it closed)."""
+    with closed_port() as port:
+        return port
 
 
 # ------------------------------------------------------------------------- what the new login may do
@@ -456,7 +455,7 @@ FAILURES = {
     "master-without-createrole": Failure({}, PrivilegeError, ("neither CREATEROLE nor SUPERUSER",),
                                          lambda pg, cluster, app, weak, user: {"MasterSecretId": weak}),
     "unreachable-host": Failure({}, DatabaseUnreachable, ("cannot reach 127.0.0.1", "refused"),
-                                lambda *_: {"Port": closed_port()}),
+                                lambda *_: {"Port": unused_port()}),
     "master-secret-does-not-exist": Failure({"MasterSecretId": "rds!cluster-missing"}, SecretsManagerError,
                                             ("rds!cluster-missing", "ResourceNotFoundException")),
     "write-privilege-the-master-cannot-revoke": Failure(

@@ -8,10 +8,9 @@ and a listener whose backlog is full, which drops connection attempts like a bla
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,37 +27,6 @@ PROMISED_SECONDS = 10
 
 
 # ---------------------------------------------------------------------------------------------- sockets
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port that refuses connections at once: bound (so nobody else takes it) but not listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """Accepts TCP connections (the kernel does) and never says a word: a dead proxy, a wrong service."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield sock.getsockname()[1]
-
-
-@pytest.fixture
-def blackhole_listener() -> Iterator[int]:
-    """Connection attempts get no answer at all, as with a security group that drops them.
-
-    A listener with backlog 0 holding one unaccepted connection makes the kernel drop every further SYN.
-    """
-    with socket.socket() as sock, socket.socket() as filler:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(0)
-        port = sock.getsockname()[1]
-        filler.connect(("127.0.0.1", port))
-        yield port
 
 
 @pytest.fixture

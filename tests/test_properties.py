@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeDatabase, FakeStore
-from faults import closed_port
-from helpers import can_login
+from helpers import can_login, closed_port
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from service import ALL_STEPS, invoke, resume

@@ -9,9 +9,8 @@ rotation, started the way the service starts one, completes.
 from __future__ import annotations
 
 import json
-import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,14 +115,6 @@ def completed(secret: Secret) -> None:
 
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port that refuses connections: bound, so nobody else takes it, but not listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture

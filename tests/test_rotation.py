@@ -342,12 +342,7 @@ def test_ssl_true_against_a_server_without_tls_fails(sm, user_secret):
     assert can_login({**original, "ssl": False})
 
 
-def test_unreachable_database_fails_fast_naming_host_and_port(sm, user_secret):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+def test_unreachable_database_fails_fast_naming_host_and_port(sm, user_secret, closed_port):
     arn, _ = user_secret(port=closed_port)
     token = rotate(sm, arn, steps=[Step.CREATE])
     started = time.monotonic()
@@ -357,12 +352,7 @@ def test_unreachable_database_fails_fast_naming_host_and_port(sm, user_secret):
 
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_SECRETS_MANAGER", "SECRETS_MANAGER_ENDPOINT"])
-def test_unreachable_secrets_manager_names_the_vpc_endpoint_fix(monkeypatch, variable):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+def test_unreachable_secrets_manager_names_the_vpc_endpoint_fix(monkeypatch, variable, closed_port):
     monkeypatch.delenv("SECRETS_MANAGER_ENDPOINT")
     monkeypatch.setenv(variable, f"http://127.0.0.1:{closed_port}")
     with pytest.raises(SecretsManagerUnreachable, match="interface VPC endpoint for secretsmanager"):
