@@ -32,7 +32,7 @@ import psycopg.errors
 
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
-from rotation.local.aurora import secret_conninfo, setup_aurora_like
+from rotation.local.aurora import login_accepted, secret_conninfo, setup_aurora_like
 from rotation.local.lambda_context import LambdaContext
 from rotation.local.postgres import PostgresServer, find_bindir, start_postgres
 from rotation.local.secretsmanager import LocalSecretsManager
@@ -49,8 +49,6 @@ SELECT_FILMS = "SELECT code, title FROM films ORDER BY code"
 PERMISSION_DENIED_FILMS = "permission denied for table films"
 
 # libpq reports a refused login without a SQLSTATE: the message is all there is to match.
-_REFUSED_LOGIN = ("password authentication failed", "is not permitted to log in")
-# Variables that could send the story's SDK calls to a real account or change which strategy it shows.
 _LOG_STATEMENT = re.compile(r"\] (?P<user>[^@\s]*)@(?P<db>\S*) LOG:  statement: (?P<sql>.*)$")
 _PASSWORD_STATEMENT = re.compile(r"^(CREATE|ALTER) ROLE .*PASSWORD '(?P<value>[^']*)'", re.IGNORECASE)
 
@@ -239,21 +237,6 @@ def _indented(text: str, prefix: str = "    ") -> list[str]:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
-
-
-def login_accepted(secret: Mapping[str, Any]) -> bool:
-    """True if the server accepts the secret's credentials, False if it refuses them; anything else raises.
-
-    A server that is down must not count as "the old password is refused".
-    """
-    try:
-        with psycopg.connect(**secret_conninfo(secret), autocommit=True) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        if any(message in str(exc) for message in _REFUSED_LOGIN):
-            return False
-        raise
-    return True
 
 
 def _attempt(conn: psycopg.Connection, statement: str) -> tuple[str | None, str]:

@@ -15,11 +15,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from rotation.local.aurora import secret_conninfo
-
-# libpq reports authentication failures without a SQLSTATE, so the message is all there is to match. A missing
-# role gives the same message on purpose (the server does not reveal which roles exist).
-_REFUSED_MESSAGES = ("password authentication failed", "is not permitted to log in")
+from rotation.local.aurora import login_accepted, secret_conninfo
 
 
 def connect(secret: Mapping[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
@@ -33,14 +29,7 @@ def can_login(secret: Mapping[str, Any], **overrides: Any) -> bool:
     Anything else (server down, TLS failure, unknown database) propagates: a test asserting "the old password
     no longer works" must not pass because nothing works.
     """
-    try:
-        with connect(secret, **overrides) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
-        if any(message in str(exc) for message in _REFUSED_MESSAGES):
-            return False
-        raise
-    return True
+    return login_accepted(secret, **overrides)
 
 
 def assert_refused_insert(secret: Mapping[str, Any]) -> None:

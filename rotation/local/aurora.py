@@ -203,3 +203,24 @@ def create_app_role(
 
 
 __all__ = ["CLUSTER_IDENTIFIER", "create_app_role", "secret_conninfo", "setup_aurora_like"]
+
+
+#: libpq reports authentication failures without a SQLSTATE, so the message is all there is to match. A missing
+#: role gives the same message on purpose (the server does not reveal which roles exist).
+_REFUSED_LOGIN = ("password authentication failed", "is not permitted to log in")
+
+
+def login_accepted(secret: Mapping[str, Any], **overrides: Any) -> bool:
+    """True if the server accepts the secret's credentials, False if it refuses them; anything else raises.
+
+    A server that is down, or a TLS failure, must not count as "the old password is refused".
+    """
+    psycopg = _psycopg()
+    try:
+        with psycopg.connect(**secret_conninfo(secret, **overrides), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        if any(message in str(exc) for message in _REFUSED_LOGIN):
+            return False
+        raise
+    return True
