@@ -23,8 +23,8 @@ from psycopg import sql
 from service import rotate
 from test_cfn import ResponseServer, custom_resource_event, serve_responses
 
-from rotation import bootstrap as bootstrap_module
 from rotation import cfn, handler
+from rotation.bootstrap import service as bootstrap_service
 from rotation.exceptions import (
     BootstrapError,
     DatabaseUnreachable,
@@ -325,7 +325,7 @@ def test_a_run_interrupted_after_storing_the_secret_is_finished_by_the_next(
         raise RuntimeError("Lambda killed")
 
     with monkeypatch.context() as patched:
-        patched.setattr(bootstrap_module, "reconcile_database", crash)
+        patched.setattr(bootstrap_service, "reconcile_database", crash)
         with pytest.raises(RuntimeError):
             bootstrap(Username=name)
     stored = sm.value(f"rds-db-credentials/demo-cluster/{name}")

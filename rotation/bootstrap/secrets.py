@@ -1,0 +1,96 @@
+"""The Secrets Manager calls the bootstrap makes beyond rotation's: find, read, create, tag and delete a secret."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+
+from rotation.credentials import parse_secret_string
+from rotation.exceptions import BootstrapError, SecretsManagerError, SecretsManagerUnreachable
+from rotation.ports import AWSCURRENT, AWSPENDING
+from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingSecret:
+    arn: str
+    name: str
+    scheduled_for_deletion: bool
+    kms_key_id: str | None
+    #: A version labelled AWSPENDING other than AWSCURRENT: a rotation is under way.
+    rotation_in_progress: bool
+
+
+class BootstrapSecrets(SecretsManagerStore):
+    """The Secrets Manager calls the bootstrap needs beyond rotation's, with the same error translation."""
+
+    def find(self, name: str) -> ExistingSecret | None:
+        try:
+            response = self._call("describe_secret", name)
+        except SecretsManagerError as exc:
+            if _aws_error_code(exc) == "ResourceNotFoundException":
+                return None
+            raise
+        stages = response.get("VersionIdsToStages", {})
+        current = {v for v, labels in stages.items() if AWSCURRENT in labels}
+        pending = {v for v, labels in stages.items() if AWSPENDING in labels}
+        return ExistingSecret(
+            arn=response["ARN"],
+            name=response.get("Name", name),
+            scheduled_for_deletion=response.get("DeletedDate") is not None,
+            kms_key_id=response.get("KmsKeyId"),
+            rotation_in_progress=bool(pending - current),
+        )
+
+    def read(self, secret_id: str, source: str) -> tuple[str, dict[str, Any]]:
+        """The ARN and the parsed AWSCURRENT value of a secret."""
+        response = self._call("get_secret_value", secret_id, VersionStage=AWSCURRENT)
+        return response["ARN"], parse_secret_string(response.get("SecretString"), source)
+
+    def create(self, name: str, document: Mapping[str, Any], description: str, kms_key_id: str | None,
+               tags: Sequence[tuple[str, str]]) -> str:
+        kwargs: dict[str, Any] = {"Name": name, "SecretString": json.dumps(dict(document)),
+                                  "Description": description}
+        if kms_key_id:
+            kwargs["KmsKeyId"] = kms_key_id
+        if tags:
+            kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags]
+        try:
+            return self._client.create_secret(**kwargs)["ARN"]
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise SecretsManagerUnreachable(
+                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"
+            ) from exc
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "Unknown")
+            if code == "ResourceExistsException":
+                raise BootstrapError(
+                    f"secret {name} was created by someone else while this bootstrap ran; run it again to adopt it"
+                ) from exc
+            raise SecretsManagerError(f"CreateSecret {name} failed: {code}: {error.get('Message', '')}") from exc
+        except BotoCoreError as exc:
+            raise SecretsManagerError(f"CreateSecret {name} failed: {exc}") from exc
+
+    def put_current(self, secret_id: str, document: Mapping[str, Any]) -> None:
+        self._call("put_secret_value", secret_id, SecretString=json.dumps(dict(document)),
+                   VersionStages=[AWSCURRENT])
+
+    def tag(self, secret_id: str, tags: Sequence[tuple[str, str]]) -> None:
+        self._call("tag_resource", secret_id, Tags=[{"Key": k, "Value": v} for k, v in tags])
+
+    def delete(self, secret_id: str) -> None:
+        # Only after the role is dropped: its password then opens nothing, so a recovery window would only
+        # block re-creating a secret of the same name for a week.
+        self._call("delete_secret", secret_id, ForceDeleteWithoutRecovery=True)
+
+
+def _aws_error_code(exc: BaseException) -> str | None:
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return cause.response.get("Error", {}).get("Code")
+    return None

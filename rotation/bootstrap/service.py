@@ -1,0 +1,229 @@
+"""The bootstrap itself: read the master secret, create or adopt the user secret, reconcile the database, prove the
+login works (or, on delete, drop the roles and the secret). See the package docstring for the order of work."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rotation.bootstrap.grants import check_login, drop_roles, inspect_database, reconcile_database, reset_password
+from rotation.bootstrap.request import _SECRET_NAME, BootstrapRequest
+from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
+from rotation.config import Settings, StrategyName
+from rotation.credentials import DEFAULT_DBNAME, DEFAULT_PORT, MAX_IDENTIFIER_BYTES, DatabaseCredentials
+from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused
+from rotation.observability import annotate, logger
+from rotation.secrets_store import secrets_manager_client
+
+if TYPE_CHECKING:
+    from rotation.database import PostgresDatabase
+
+SECRET_NAME_PREFIX = "rds-db-credentials"  # noqa: S105 - a name prefix, not a password
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapResult:
+    secret_arn: str
+    secret_name: str
+    username: str
+    group_role: str
+    secret_created: bool
+    changes: tuple[str, ...]
+
+    def response(self) -> dict[str, str]:
+        return {"SecretArn": self.secret_arn, "Username": self.username, "GroupRole": self.group_role}
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the login lives, from the event over the master secret."""
+
+    admin: DatabaseCredentials
+    master_arn: str
+    #: The non-credential keys of the user secret: engine, host, port, dbname, cluster id, ssl.
+    connection: Mapping[str, Any]
+    secret_name: str
+
+
+_IDENTITY_KEYS = ("dbClusterIdentifier", "dbInstanceIdentifier")
+
+
+class Bootstrapper:
+    def __init__(self, secrets: BootstrapSecrets, database: PostgresDatabase, settings: Settings) -> None:
+        self._secrets = secrets
+        self._database = database
+        self._settings = settings
+
+    # ---- shared
+
+    def _target(self, request: BootstrapRequest) -> _Target:
+        source = f"master secret {request.master_secret_id}"
+        master_arn, master = self._secrets.read(request.master_secret_id, source)
+        connection: dict[str, Any] = {
+            "engine": master.get("engine", "postgres"),
+            "host": request.host or master.get("host"),
+            "port": request.port or master.get("port", DEFAULT_PORT),
+            "dbname": request.dbname or master.get("dbname") or DEFAULT_DBNAME,
+        }
+        if connection["host"] is None:
+            raise BootstrapError(
+                f"{source} holds no 'host' (an RDS-managed master secret has only username and password); "
+                "give the cluster endpoint as Host (and Port if it is not 5432)"
+            )
+        connection.update({key: master[key] for key in _IDENTITY_KEYS if master.get(key)})
+        ssl = request.ssl if request.ssl is not None else master.get("ssl")
+        if ssl is not None:
+            connection["ssl"] = ssl
+        admin = DatabaseCredentials.from_secret({**master, **connection}, source)
+        connection["port"] = admin.port  # a number in the user secret, even if the master has a string
+        cluster = master.get("dbClusterIdentifier") or master.get("dbInstanceIdentifier") or admin.host
+        secret_name = request.secret_name or f"{SECRET_NAME_PREFIX}/{cluster}/{request.username}"
+        if not _SECRET_NAME.fullmatch(secret_name):
+            raise InvalidEventError(
+                f"the default secret name {secret_name!r} has characters Secrets Manager does not allow; give "
+                "SecretName"
+            )
+        annotate(secret_name=secret_name, username=request.username, group_role=request.group_role)
+        return _Target(admin, master_arn, connection, secret_name)
+
+    def _login_roles(self, request: BootstrapRequest) -> tuple[str, ...]:
+        return (request.clone, request.username) if len(request.clone.encode()) <= MAX_IDENTIFIER_BYTES \
+            else (request.username,)
+
+    # ---- create / update
+
+    def apply(self, request: BootstrapRequest) -> BootstrapResult:
+        target = self._target(request)
+        existing = self._secrets.find(target.secret_name)
+        if existing is not None and existing.scheduled_for_deletion:
+            raise BootstrapError(
+                f"secret {target.secret_name} is scheduled for deletion; restore it (aws secretsmanager "
+                f"restore-secret --secret-id {existing.arn}) to keep its password, or choose another SecretName"
+            )
+        changes: list[str] = []
+        with self._database.connect(target.admin) as conn:
+            plan = inspect_database(conn, request)
+            if existing is None:
+                document, arn, login_password = self._create_secret(request, target)
+                changes.append(f"created secret {target.secret_name}")
+            else:
+                document, arn, updated = self._adopt_secret(request, target, existing)
+                changes += updated
+                login_password = None
+                if document["username"] == request.username and request.username not in plan.roles:
+                    login_password = document["password"]  # the role is gone: recreate it with the secret's
+                elif document["username"] != request.username and plan.clone is None:
+                    raise BootstrapError(
+                        f"secret {target.secret_name} is for {document['username']!r} (alternating users), which "
+                        "does not exist; run a rotation repair or give another SecretName"
+                    )
+            changes += reconcile_database(conn, plan, login_password)
+        if existing is not None and request.tags:
+            self._secrets.tag(arn, request.tags)
+        creds = DatabaseCredentials.from_secret(document, f"secret {arn}")
+        changes += self._prove_login(creds, request, target.admin, arn)
+        for warning in plan.warnings:
+            logger.warning(warning)
+        result = BootstrapResult(arn, target.secret_name, request.username, request.group_role,
+                                 existing is None, tuple(changes))
+        logger.info("bootstrap complete" if changes else "bootstrap complete; nothing to change",
+                    extra={"changes": list(changes), "secret_arn": arn})
+        return result
+
+    def _document(self, request: BootstrapRequest, target: _Target, base: Mapping[str, Any]) -> dict[str, Any]:
+        document = {**base, **target.connection}
+        if base.get("engine") in ("postgres", "aurora-postgresql"):
+            document["engine"] = base["engine"]  # either is right; do not churn a working secret
+        if request.strategy is StrategyName.ALTERNATING_USERS:
+            document["masterarn"] = target.master_arn
+        else:
+            document.pop("masterarn", None)
+        return document
+
+    def _create_secret(self, request: BootstrapRequest, target: _Target) -> tuple[dict[str, Any], str, str]:
+        password = self._settings.password_policy.generate()
+        connection = dict(target.connection)
+        # The order the RDS console writes, so the secret reads the same as one made by hand.
+        base = {key: connection.pop(key) for key in ("engine", "host", "port")}
+        base.update(username=request.username, password=password, **connection)
+        document = self._document(request, target, base)
+        description = (f"Read-only login {request.username} for database {target.connection['dbname']} on "
+                       f"{target.connection['host']}, created by the bootstrap function")
+        arn = self._secrets.create(target.secret_name, document, description, request.kms_key_id, request.tags)
+        logger.info(f"created secret {target.secret_name}", extra={"secret_arn": arn})
+        return document, arn, password
+
+    def _adopt_secret(self, request: BootstrapRequest, target: _Target,
+                      existing: ExistingSecret) -> tuple[dict[str, Any], str, list[str]]:
+        source = f"AWSCURRENT of secret {existing.arn}"
+        arn, current = self._secrets.read(existing.arn, source)
+        if current.get("username") not in self._login_roles(request):
+            raise BootstrapError(
+                f"secret {existing.name} exists but is for user {current.get('username')!r}, not "
+                f"{request.username!r}; give another SecretName"
+            )
+        if not isinstance(current.get("password"), str) or not current["password"]:
+            raise BootstrapError(f"{source} has no password; delete the secret or give another SecretName")
+        if request.kms_key_id and existing.kms_key_id and request.kms_key_id != existing.kms_key_id:
+            logger.warning(f"secret {existing.name} is encrypted with {existing.kms_key_id}, not "
+                           f"{request.kms_key_id}; the bootstrap does not change the key of an existing secret")
+        document = self._document(request, target, current)
+        if document == current:
+            return current, arn, []
+        if existing.rotation_in_progress:
+            raise BootstrapError(
+                f"secret {existing.name} needs its connection keys updated but a rotation is in progress "
+                "(AWSPENDING on a version other than AWSCURRENT); run the bootstrap again once it has finished"
+            )
+        self._secrets.put_current(arn, document)
+        changed = sorted(k for k in {*document, *current} if document.get(k) != current.get(k))
+        return document, arn, [f"secret {existing.name}: updated {', '.join(changed)}"]
+
+    def _prove_login(self, creds: DatabaseCredentials, request: BootstrapRequest, admin: DatabaseCredentials,
+                     arn: str) -> list[str]:
+        """Log in with the secret; if the role's password differs, the secret wins."""
+        group_role, read_only = request.group_role, request.read_only_transactions
+        try:
+            with self._database.connect(creds) as conn:
+                check_login(conn, creds, group_role, read_only=read_only)
+            return []
+        except LoginRefused:
+            pass
+        logger.warning(f"role {creds.username!r} does not accept the password in secret {arn}; resetting the role "
+                       "to the secret's password (the secret is the truth)")
+        with self._database.connect(admin) as conn:
+            reset_password(conn, creds)
+        with self._database.connect(creds) as conn:
+            check_login(conn, creds, group_role, read_only=read_only)
+        return [f"role {creds.username!r}: password reset to the secret's"]
+
+    # ---- delete
+
+    def remove(self, request: BootstrapRequest, physical_id: str | None = None) -> list[str]:
+        """Drop the roles, then delete the secret (RemoveOnDelete). Whatever is already gone is skipped."""
+        target = self._target(request)
+        if physical_id is not None and physical_id != target.secret_name:
+            # CloudFormation deletes a replaced resource with its old properties, so they name the same secret
+            # unless the master secret changed since; removing the wrong login would be worse than none.
+            raise BootstrapError(f"resource {physical_id} no longer matches its properties (they now name secret "
+                                 f"{target.secret_name}); nothing removed")
+        with self._database.connect(target.admin) as conn:
+            changes = drop_roles(conn, (*self._login_roles(request), request.group_role))
+        existing = self._secrets.find(target.secret_name)
+        if existing is not None and not existing.scheduled_for_deletion:
+            self._secrets.delete(existing.arn)
+            changes.append(f"deleted secret {target.secret_name}")
+        logger.info("removed", extra={"changes": changes})
+        return changes
+
+
+def build_bootstrapper(settings: Settings | None = None) -> Bootstrapper:
+    from rotation.handler import build_database  # the rotation function's own adapter settings, not a copy
+
+    settings = settings or Settings.from_env()
+    return Bootstrapper(
+        BootstrapSecrets(secrets_manager_client(settings.secrets_manager_endpoint)),
+        build_database(settings),
+        settings,
+    )
