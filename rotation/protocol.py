@@ -98,6 +98,10 @@ def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCr
         )
 
 
+def _same_login_target(a: DatabaseCredentials, b: DatabaseCredentials) -> bool:
+    return (a.host, a.port, a.dbname, a.username) == (b.host, b.port, b.dbname, b.username)
+
+
 class SingleUser:
     name = StrategyName.SINGLE_USER
 
@@ -126,7 +130,8 @@ class SingleUser:
             if db.can_login(pending):
                 return "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
             previous = self._previous(reads)
-            if previous is not None:
+            # An older version aimed at another server or user is no key to this one.
+            if previous is not None and _same_login_target(previous, current):
                 try:
                     db.change_own_password(previous, pending.password)
                     return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials"

@@ -237,3 +237,15 @@ def test_finish_secret_alone_refuses_to_make_an_empty_version_current():
     with pytest.raises(RotationStateError, match="holds no value yet"):
         h.step(Step.FINISH)
     assert h.current() == USER
+
+
+def test_single_user_fallback_ignores_a_previous_version_for_another_server():
+    h = Harness(USER)
+    h.rotate("t0")
+    previous = h.store.value(USER_ARN, AWSPREVIOUS)
+    h.store.values[USER_ARN]["v0"] = json.dumps({**previous, "host": "old-server"})
+    h.db.passwords["app"] = previous["password"]  # would match, but the version names another server
+    h.start("t1")
+    h.step(Step.CREATE)
+    with pytest.raises(LoginRefused, match="accepts none of"):
+        h.step(Step.SET)
