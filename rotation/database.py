@@ -16,6 +16,7 @@ from psycopg import sql
 
 from rotation.credentials import DatabaseCredentials
 from rotation.exceptions import (
+    CleartextPasswordRefused,
     DatabaseError,
     DatabaseUnreachable,
     LoginRefused,
@@ -60,6 +61,11 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
     # Authentication failures carry no SQLSTATE: the message is all there is.
     if "password authentication failed" in message or "authentication failed" in message:
         return LoginRefused(f"login refused for {who}: wrong password or no such role")
+    if "server requested a cleartext password" in message or 'auth method "password"' in message:
+        return CleartextPasswordRefused(
+            f"refused to send the password of user {creds.username!r} in cleartext: {creds.address} asked for "
+            "password authentication; configure scram-sha-256 in pg_hba.conf (or check who answers on that address)"
+        )
     if "no pg_hba.conf entry" in message or "pg_hba.conf rejects" in message:
         return LoginRefused(f"login refused for {who}: pg_hba.conf has no entry admitting it "
                             f"(sslmode={creds.sslmode})")
@@ -99,6 +105,9 @@ class PostgresDatabase:
             "connect_timeout": self._timeout,
             "sslmode": creds.sslmode,
             "application_name": APPLICATION_NAME,
+            # Never answer a server (or an impostor on a plaintext path) that asks for the cleartext password;
+            # SCRAM and md5 exchanges do not reveal it.
+            "require_auth": "!password",
         }
         if creds.sslmode in {"verify-ca", "verify-full"}:
             # "system" is libpq's (16+) name for the platform trust store; never a hard-coded path.

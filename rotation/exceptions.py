@@ -82,6 +82,12 @@ class LoginRefused(DatabaseError):
     code = "LoginRefused"
 
 
+class CleartextPasswordRefused(DatabaseError):
+    """The server asked for the password in cleartext; we never send it (SCRAM and md5 do not reveal it)."""
+
+    code = "CleartextPasswordRefused"
+
+
 class PrivilegeError(DatabaseError):
     """Logged in, but the role may not do what the step needs (alter a role, create a role, grant)."""
 

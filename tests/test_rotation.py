@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,6 +22,7 @@ from service import ALL_STEPS, invoke, resume, rotate
 from rotation import handler
 from rotation.events import Step
 from rotation.exceptions import (
+    CleartextPasswordRefused,
     DatabaseUnreachable,
     InvalidEventError,
     LoginRefused,
@@ -374,3 +379,36 @@ def test_ssl_false_rotates_in_plaintext_but_says_so(sm, user_secret, capsys):
     warnings = [json.loads(line) for line in capsys.readouterr().out.splitlines()
                 if line.startswith("{") and '"WARNING"' in line]
     assert any('without TLS because the secret says "ssl": false' in line["message"] for line in warnings)
+
+
+@pytest.fixture
+def cleartext_password_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A stand-in server (or an impostor on a plaintext path) that asks for the password in cleartext."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            (length,) = struct.unpack("!I", conn.recv(4))
+            received.append(conn.recv(length - 4))  # the startup packet
+            conn.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+            while chunk := conn.recv(4096):
+                received.append(chunk)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], received
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_the_password_is_never_sent_in_cleartext(sm, user_secret, cleartext_password_server):
+    port, received = cleartext_password_server
+    arn, original = user_secret(port=port)
+    with pytest.raises(CleartextPasswordRefused, match=r"refused to send the password of user .* in cleartext"):
+        rotate(sm, arn)
+    sent = b"".join(received)
+    assert original["username"].encode() in sent, "the stand-in really was asked to authenticate the user"
+    assert original["password"].encode() not in sent
