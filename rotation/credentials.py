@@ -55,6 +55,9 @@ def _text(document: Mapping[str, Any], key: str, source: str, *, required: bool,
     if not isinstance(value, str) or not value:
         # Never echo the value: for "password" that would be the secret itself.
         raise SecretFormatError(f"{source} key {key!r} must be a non-empty string")
+    if "\x00" in value:
+        # libpq's connection strings end at a NUL: everything after it (sslmode included) would be dropped.
+        raise SecretFormatError(f"{source} key {key!r} contains a NUL character")
     if not value.isascii():
         try:
             value.encode()

@@ -17,6 +17,7 @@ from psycopg import sql
 from rotation.credentials import DatabaseCredentials
 from rotation.exceptions import (
     CleartextPasswordRefused,
+    ConnectionRejected,
     DatabaseError,
     DatabaseUnreachable,
     LoginRefused,
@@ -67,10 +68,10 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
             "password authentication; configure scram-sha-256 in pg_hba.conf (or check who answers on that address)"
         )
     if "no pg_hba.conf entry" in message or "pg_hba.conf rejects" in message:
-        return LoginRefused(f"login refused for {who}: pg_hba.conf has no entry admitting it "
-                            f"(sslmode={creds.sslmode})")
+        return ConnectionRejected(f"connection rejected for {who}: pg_hba.conf has no entry admitting it "
+                                  f"(sslmode={creds.sslmode})")
     if "does not exist" in message and "database" in message:
-        return LoginRefused(f"login refused for {who}: database {creds.dbname!r} does not exist")
+        return ConnectionRejected(f"connection rejected for {who}: database {creds.dbname!r} does not exist")
     for marker, explanation in _UNREACHABLE_MARKERS.items():
         if marker in message:
             return DatabaseUnreachable(f"cannot reach {creds.address}: {explanation.format(timeout=timeout)}")
@@ -148,8 +149,17 @@ class PostgresDatabase:
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
         with self.connect(admin) as conn:
-            if not _role_exists(conn, username):
+            row = conn.execute(
+                "SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
+                (username,),
+            ).fetchone()
+            if row is None:
                 raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
+            if row[0] or username == admin.username:
+                # The admin secret changes application users' passwords, never an administrator's: a user
+                # secret edited to name one would otherwise hand its password to whoever reads that secret.
+                raise PrivilegeError(f"refusing to set the password of {username!r} with the admin secret: it is "
+                                     "an administrative role (superuser, CREATEROLE, REPLICATION or BYPASSRLS)")
             _alter_password(conn, username, new_password)
 
     def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
@@ -165,7 +175,11 @@ class PostgresDatabase:
             else:
                 conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
             if acts_as is not None:
-                _act_as(conn, username, acts_as)
+                _grant_membership(conn, username, acts_as)
+                if created:
+                    # Only a clone we create starts acting as the original: one that exists already (made by
+                    # AWS's function, say) may own objects that its sessions must keep reaching as themselves.
+                    _act_as(conn, username, acts_as)
             return created
 
     def verify(self, creds: DatabaseCredentials, member_of: str | None) -> None:
@@ -208,18 +222,22 @@ def _alter_password(conn: psycopg.Connection, username: str, new_password: str) 
     conn.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(sql.Identifier(username), sql.Literal(verifier)))
 
 
-def _act_as(conn: psycopg.Connection, username: str, original: str) -> None:
-    """Make the alternate user a member of the original role that works *as* it.
+def _grant_membership(conn: psycopg.Connection, username: str, original: str) -> None:
+    """Membership gives the alternate user the original's privileges."""
+    if not conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (username, original)).fetchone()[0]:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(original), sql.Identifier(username)))
 
-    Membership gives the original's privileges. ``SET role`` as a per-role default makes objects the
-    alternate creates belong to the original role, so nothing becomes unreadable after the next swap
-    (AWS's clones own what they create). The original's own per-role settings (for example
-    ``default_transaction_read_only``) are copied, since they apply by login role.
+
+def _act_as(conn: psycopg.Connection, username: str, original: str) -> None:
+    """Make a newly created alternate user work *as* the original role.
+
+    ``SET role`` as a per-role default makes objects the alternate creates belong to the original role, so
+    nothing becomes unreachable after the next swap (AWS's clones own what they create). The original's own
+    per-role settings (``default_transaction_read_only``, say) are copied, since they apply by login role;
+    one the admin may not set (a superuser-only parameter) stays with the original, with a warning, rather
+    than failing every rotation.
     """
-    member, group = sql.Identifier(username), sql.Identifier(original)
-    is_member = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (username, original)).fetchone()[0]
-    if not is_member:
-        conn.execute(sql.SQL("GRANT {} TO {}").format(group, member))
+    member = sql.Identifier(username)
     settings = conn.execute(
         "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
         "WHERE r.rolname = %s AND s.setdatabase = 0",
@@ -231,6 +249,12 @@ def _act_as(conn: psycopg.Connection, username: str, original: str) -> None:
         # the list into a single element, so those stay with the original role.
         if name.lower() == "role" or "," in value:
             continue
-        guc = sql.Identifier(*name.split("."))
-        conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(member, guc, sql.Literal(value)))
+        statement = sql.SQL("ALTER ROLE {} SET {} = {}").format(
+            member, sql.Identifier(*name.split(".")), sql.Literal(value))
+        try:
+            with conn.transaction():  # a savepoint: one refused setting must not undo the role
+                conn.execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            logger.warning(f"setting {name!r} of role {original!r} not copied to {username!r}: the admin may not "
+                           "set it")
     conn.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(member, sql.Literal(original)))

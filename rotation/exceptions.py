@@ -77,9 +77,16 @@ class TLSError(DatabaseError):
 
 
 class LoginRefused(DatabaseError):
-    """The server answered but refused these credentials."""
+    """The server refused the password (or the role does not exist: the server does not say which)."""
 
     code = "LoginRefused"
+
+
+class ConnectionRejected(DatabaseError):
+    """The server rejected the connection for a reason other than the password: pg_hba.conf has no entry for
+    it, or the database does not exist. Trying other passwords cannot help."""
+
+    code = "ConnectionRejected"
 
 
 class CleartextPasswordRefused(DatabaseError):

@@ -23,6 +23,7 @@ from rotation.exceptions import LoginRefused, PendingValueMissing, RotationState
 from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, Database, SecretMetadata, SecretStore
 
 CLONE_SUFFIX = "_clone"
+ALREADY_SET = "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,11 @@ def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCr
             f"AWSPENDING of secret {arn} points at {pending.address}/{pending.dbname} but AWSCURRENT at "
             f"{current.address}/{current.dbname}; refusing to set a password on a different database"
         )
+    if pending.sslmode != current.sslmode:
+        raise RotationStateError(
+            f"AWSPENDING of secret {arn} connects with sslmode={pending.sslmode} but AWSCURRENT with "
+            f"sslmode={current.sslmode}; refusing a pending version that changes how the password travels"
+        )
 
 
 def _same_login_target(a: DatabaseCredentials, b: DatabaseCredentials) -> bool:
@@ -112,35 +118,53 @@ class SingleUser:
         return None
 
     def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
-                     pending: DatabaseCredentials) -> str:
+                     pending: DatabaseCredentials) -> tuple[str, bool]:
         if pending.username != current.username:
             raise RotationStateError(
                 f"AWSPENDING of secret {reads.metadata.arn} is for user {pending.username!r} but AWSCURRENT is "
                 f"for {current.username!r}; single-user rotation changes one user's password only"
             )
         if current.masterarn:
-            # rds.restrict_password_commands: only rds_password members may change passwords, so the
-            # user cannot change its own; the admin secret does it instead.
-            db.set_password(reads.admin(current), pending.username, pending.password)
-            return f"password of {pending.username!r} changed by the admin secret"
+            return self._set_with_admin(reads, db, current, pending)
         try:
             db.change_own_password(current, pending.password)
-            return f"password of {pending.username!r} changed with the AWSCURRENT credentials"
-        except LoginRefused:
+            return f"password of {pending.username!r} changed with the AWSCURRENT credentials", True
+        except LoginRefused as refused:
             if db.can_login(pending):
-                return "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
+                return ALREADY_SET, False
             previous = self._previous(reads)
             # An older version aimed at another server or user is no key to this one.
             if previous is not None and _same_login_target(previous, current):
                 try:
                     db.change_own_password(previous, pending.password)
-                    return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials"
+                    return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials", True
                 except LoginRefused:
                     pass
-        raise LoginRefused(
-            f"user {pending.username!r} at {current.address} accepts none of the AWSCURRENT, AWSPENDING or "
-            f"AWSPREVIOUS passwords of secret {reads.metadata.arn}; reset it (rotation repair explains how)"
-        )
+            raise LoginRefused(
+                f"user {pending.username!r} at {current.address} accepts none of the AWSCURRENT, AWSPENDING or "
+                f"AWSPREVIOUS passwords of secret {reads.metadata.arn}; reset it (rotation repair explains how)"
+            ) from refused
+
+    @staticmethod
+    def _set_with_admin(reads: SecretReads, db: Database, current: DatabaseCredentials,
+                        pending: DatabaseCredentials) -> tuple[str, bool]:
+        """rds.restrict_password_commands: only rds_password members may change passwords, so the user
+        cannot change its own; the admin secret does it, under the same guard as alternating users."""
+        if not db.can_login(current):
+            if db.can_login(pending):
+                return ALREADY_SET, False
+            raise LoginRefused(
+                f"neither AWSCURRENT nor AWSPENDING of secret {reads.metadata.arn} logs in as "
+                f"{current.username!r} at {current.address}; refusing to use the admin secret for it"
+            )
+        admin = reads.admin(current)
+        if admin.username == pending.username:
+            raise RotationStateError(
+                f"secret {reads.metadata.arn} names the admin user {admin.username!r} itself; the admin secret "
+                "only changes other users' passwords"
+            )
+        db.set_password(admin, pending.username, pending.password)
+        return f"password of {pending.username!r} changed by the admin secret", True
 
     @staticmethod
     def _previous(reads: SecretReads) -> DatabaseCredentials | None:
@@ -159,7 +183,7 @@ class AlternatingUsers:
         return original_role(pending.username)
 
     def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
-                     pending: DatabaseCredentials) -> str:
+                     pending: DatabaseCredentials) -> tuple[str, bool]:
         expected = toggle_clone(current.username)
         if pending.username != expected:
             raise RotationStateError(
@@ -177,8 +201,8 @@ class AlternatingUsers:
         acts_as = original if pending.username != original else None
         created = db.ensure_login_role(reads.admin(current), pending.username, pending.password, acts_as)
         if created:
-            return f"created {pending.username!r} as a login member of {original!r}"
-        return f"password of {pending.username!r} changed by the admin secret"
+            return f"created {pending.username!r} as a login member of {original!r}", True
+        return f"password of {pending.username!r} changed by the admin secret", True
 
 
 Strategy = SingleUser | AlternatingUsers
@@ -264,8 +288,8 @@ class Rotation:
         pending = reads.user(AWSPENDING, event.token)
         strategy = self._strategy(current, arn)
         _refuse_redirected_pending(current, pending, arn)
-        action = strategy.set_password(reads, self._database_factory(), current, pending)
-        return StepOutcome(event.step, action, True, strategy.name, pending.username)
+        action, changed = strategy.set_password(reads, self._database_factory(), current, pending)
+        return StepOutcome(event.step, action, changed, strategy.name, pending.username)
 
     def _test_secret(self, event: RotationEvent, reads: SecretReads) -> StepOutcome:
         # AWSPENDING was copied from AWSCURRENT, masterarn included, so it alone tells the strategy.

@@ -190,7 +190,8 @@ def database_faults(injector: Injector, terminate: Callable[[int], None]) -> Ite
             return at_statement(self, label, lambda: original_execute(self, query, *args, **kwargs))
 
         def transaction_exit(self: psycopg.Transaction, exc_type: Any, exc: Any, tb: Any) -> Any:
-            if exc_type is not None or self.connection not in ours:
+            # A savepoint's release commits nothing; only the outermost block's exit is the COMMIT.
+            if exc_type is not None or self.connection not in ours or self.savepoint_name:
                 return original_exit(self, exc_type, exc, tb)
             return at_statement(self.connection, COMMIT, lambda: original_exit(self, exc_type, exc, tb))
 

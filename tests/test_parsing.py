@@ -115,6 +115,8 @@ def test_secret_fields(change, field, expected):
         pytest.param({"port": True}, "'port' must be a number", id="port-boolean"),
         pytest.param({"ssl": "prefer"}, "'ssl' must be one of", id="ssl-prefer-silently-downgrades"),
         pytest.param({"username": "u" * 64}, "63-byte limit", id="username-too-long"),
+        pytest.param({"password": SECRET_PASSWORD + "\x00sslmode=disable"}, "contains a NUL", id="password-nul"),
+        pytest.param({"host": "db\x00.evil"}, "contains a NUL", id="host-nul"),
     ],
 )
 def test_malformed_secrets_name_the_problem_and_never_the_password(change, message):

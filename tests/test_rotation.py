@@ -23,9 +23,11 @@ from rotation import handler
 from rotation.events import Step
 from rotation.exceptions import (
     CleartextPasswordRefused,
+    ConnectionRejected,
     DatabaseUnreachable,
     InvalidEventError,
     LoginRefused,
+    PrivilegeError,
     RotationStateError,
     SecretFormatError,
     SecretsManagerUnreachable,
@@ -124,7 +126,7 @@ def test_alternating_with_an_rds_managed_master_secret(sm, user_secret, cluster,
     assert can_login(sm.value(arn, "AWSPREVIOUS"))
 
 
-def test_single_user_rotation_through_the_admin_secret(sm, user_secret, monkeypatch):
+def test_single_user_rotation_through_the_admin_secret(sm, user_secret, pg, cluster, monkeypatch):
     """rds.restrict_password_commands: the user may not change its own password; the admin does it."""
     monkeypatch.setenv("ROTATION_STRATEGY", SINGLE)
     arn, original = user_secret(ALTERNATING)  # carries masterarn
@@ -133,6 +135,46 @@ def test_single_user_rotation_through_the_admin_secret(sm, user_secret, monkeypa
     assert new["username"] == original["username"]
     assert can_login(new)
     assert not can_login(original)
+    altered_by = re.findall(rf"\] (\S+)@\S+ LOG:  statement: ALTER ROLE \"?{re.escape(original['username'])}\b",
+                            pg.server_log())
+    assert altered_by == [cluster["username"]], "the master, not the user, changed the password"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        pytest.param("master", "refusing to use the admin secret", id="the-admin-itself"),
+        pytest.param("other-app-user", "refusing to use the admin secret", id="another-users-role"),
+    ],
+)
+def test_admin_secret_cannot_be_aimed_at_a_role_the_secret_does_not_own(
+        sm, user_secret, make_app_user, cluster, monkeypatch, target, message):
+    """Whoever can edit a user secret must not gain another role's password through the admin secret."""
+    monkeypatch.setenv("ROTATION_STRATEGY", SINGLE)
+    victim = cluster if target == "master" else make_app_user()
+    arn, original = user_secret(ALTERNATING, username=victim["username"])  # the attacker's edit
+    with pytest.raises(LoginRefused, match=message):
+        rotate(sm, arn)
+    assert can_login(victim), "the victim's password is untouched"
+    assert can_login({**original, "username": victim["username"], "password": victim["password"]})
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "message"),
+    [
+        pytest.param("master", RotationStateError, "names the admin user", id="the-admin-itself"),
+        pytest.param("superuser", PrivilegeError, "it is an administrative role", id="a-superuser"),
+    ],
+)
+def test_admin_secret_refuses_an_administrative_target_even_with_its_password(
+        sm, user_secret, pg, cluster, monkeypatch, target, error, message):
+    monkeypatch.setenv("ROTATION_STRATEGY", SINGLE)
+    victim = cluster if target == "master" else {**cluster, "username": pg.superuser,
+                                                 "password": pg.superuser_password}
+    arn, _ = user_secret(ALTERNATING, username=victim["username"], password=victim["password"])
+    with pytest.raises(error, match=message):
+        rotate(sm, arn)
+    assert can_login(victim)
 
 
 # --- retries and crashes --------------------------------------------------------------------------------
@@ -143,7 +185,9 @@ def test_every_step_repeated(sm, user_secret, strategy):
     token = sm.stage_pending(arn)
     for step in ALL_STEPS:
         invoke(step, arn, token)
-        invoke(step, arn, token)
+        again = invoke(step, arn, token)
+        if step in (Step.CREATE, Step.FINISH) or (step is Step.SET and strategy == SINGLE):
+            assert again["changed"] is False, f"a repeated {step} reports no change"
     assert can_login(current(sm, arn))
     assert current(sm, arn)["password"] != original["password"]
 
@@ -412,3 +456,45 @@ def test_the_password_is_never_sent_in_cleartext(sm, user_secret, cleartext_pass
     sent = b"".join(received)
     assert original["username"].encode() in sent, "the stand-in really was asked to authenticate the user"
     assert original["password"].encode() not in sent
+
+
+def test_an_existing_clone_keeps_working_as_itself(sm, user_secret, pg, cluster):
+    """A clone made by AWS's function may own objects: adopting it must not make it act as the original."""
+    arn, original = user_secret(ALTERNATING)
+    clone = f"{original['username']}_clone"
+    with connect(cluster) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+            psycopg.sql.Identifier(clone), psycopg.sql.Identifier(original["username"])))
+    with psycopg.connect(**pg.superuser_conninfo(cluster["dbname"]), autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id int)").format(psycopg.sql.Identifier(f"t_{clone}")))
+        conn.execute(psycopg.sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+            psycopg.sql.Identifier(f"t_{clone}"), psycopg.sql.Identifier(clone)))
+    rotate(sm, arn)
+    new = current(sm, arn)
+    assert new["username"] == clone
+    with connect(new) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == clone
+        conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (1)").format(psycopg.sql.Identifier(f"t_{clone}")))
+
+
+def test_a_setting_the_admin_may_not_copy_does_not_block_rotation(sm, user_secret, pg, cluster, capsys):
+    arn, original = user_secret(ALTERNATING)
+    with psycopg.connect(**pg.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} SET log_statement = 'none'").format(
+            psycopg.sql.Identifier(original["username"])))
+    rotate(sm, arn)
+    assert can_login(current(sm, arn))
+    assert "setting 'log_statement' of role" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param({"dbname": "no_such_db"}, "database 'no_such_db' does not exist", id="missing-database"),
+    ],
+)
+def test_a_rejected_connection_is_not_blamed_on_the_password(sm, user_secret, change, message):
+    arn, original = user_secret(**change)
+    with pytest.raises(ConnectionRejected, match=message):
+        rotate(sm, arn)
+    assert current(sm, arn) == original
