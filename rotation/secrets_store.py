@@ -21,10 +21,11 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    NoRegionError,
     ReadTimeoutError,
 )
 
-from rotation.exceptions import PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
+from rotation.exceptions import ConfigurationError, PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
 from rotation.ports import AWSCURRENT, SecretMetadata
 
 NO_ROUTE_FIX = (
@@ -57,7 +58,14 @@ def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROT
     """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else boto3's own resolution."""
     env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER"), os.environ.get("AWS_ENDPOINT_URL"))
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return _cached_client(endpoint_url, region, env_endpoints, config)
+    try:
+        return _cached_client(endpoint_url, region, env_endpoints, config)
+    except NoRegionError as exc:
+        raise ConfigurationError(
+            "no AWS region configured for Secrets Manager: set AWS_REGION (Lambda sets it) or a profile's region"
+        ) from exc
+    except BotoCoreError as exc:
+        raise ConfigurationError(f"cannot build the Secrets Manager client: {exc}") from exc
 
 
 class _VersionsWithValues:

@@ -23,6 +23,7 @@ from rotation import handler
 from rotation.events import Step
 from rotation.exceptions import (
     CleartextPasswordRefused,
+    ConfigurationError,
     ConnectionRejected,
     DatabaseUnreachable,
     InvalidEventError,
@@ -498,3 +499,10 @@ def test_a_rejected_connection_is_not_blamed_on_the_password(sm, user_secret, ch
     with pytest.raises(ConnectionRejected, match=message):
         rotate(sm, arn)
     assert current(sm, arn) == original
+
+
+def test_a_missing_region_is_a_configuration_error(monkeypatch):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigurationError, match="no AWS region configured"):
+        invoke(Step.CREATE, "arn:aws:secretsmanager:us-east-1:123456789012:secret:x", str(uuid.uuid4()))
