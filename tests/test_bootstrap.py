@@ -20,11 +20,12 @@ import pytest
 from botocore.exceptions import ClientError
 from helpers import can_login, closed_port, connect, select_titles
 from psycopg import sql
-from service import rotate
+from service import ALL_STEPS, invoke, rotate
 from test_cfn import ResponseServer, custom_resource_event, serve_responses
 
 from rotation import cfn, handler
 from rotation.bootstrap import service as bootstrap_service
+from rotation.events import Step
 from rotation.exceptions import (
     BootstrapError,
     DatabaseUnreachable,
@@ -387,6 +388,61 @@ def test_the_created_secret_rotates_as_is(bootstrap, sm, pg, master_arn, usernam
 
     assert len(set(passwords)) == 3
     assert_never_logged(passwords, pg, capsys.readouterr().out)
+
+
+@dataclass(frozen=True)
+class MidRotation:
+    """A rotation under way (its first ``steps`` ran) when the bootstrap runs again, and what the re-run does."""
+
+    steps: tuple[Step, ...]
+    #: Someone also changed the role's password behind everyone's back.
+    password_changed: bool
+    #: The re-run succeeds and leaves the database with AWSPENDING's password; otherwise it refuses.
+    kept: bool
+    said: str
+
+
+MID_ROTATIONS = {
+    "single-user-after-setSecret-keeps-the-new-password": MidRotation(
+        (Step.CREATE, Step.SET), False, True, "left as it is rather than reset to AWSCURRENT's"),
+    "single-user-after-testSecret-keeps-the-new-password": MidRotation(
+        (Step.CREATE, Step.SET, Step.TEST), False, True, "left as it is rather than reset to AWSCURRENT's"),
+    "neither-current-nor-pending-logs-in-refused": MidRotation(
+        (Step.CREATE,), True, False, "the database refuses AWSPENDING's password too"),
+    "pending-without-a-value-refused": MidRotation((), True, False, "AWSPENDING holds no value yet"),
+}
+
+
+@pytest.mark.parametrize("scenario", MID_ROTATIONS.values(), ids=MID_ROTATIONS.keys())
+def test_a_rerun_during_a_rotation_never_resets_the_password(bootstrap, cluster, pg, sm, scenario: MidRotation,
+                                                             capsys) -> None:
+    created = bootstrap()
+    token = rotate(sm, created["arn"], steps=scenario.steps)
+    if scenario.password_changed:
+        _change_password(cluster, created)
+    assert not can_login(credentials(created)), "AWSCURRENT is refused while the rotation is under way"
+    capsys.readouterr()
+
+    if not scenario.kept:
+        with pytest.raises(BootstrapError) as caught:
+            bootstrap()
+        assert scenario.said in str(caught.value)
+        assert f"rotation repair --secret-id {created['arn']}" in str(caught.value)
+        assert not can_login(credentials(created)), "the role's password was left alone"
+        return
+
+    pending = sm.value(created["arn"], "AWSPENDING", token)
+    again = bootstrap()
+
+    output = capsys.readouterr().out
+    assert again == created, "AWSCURRENT is not touched"
+    assert scenario.said in output
+    assert can_login(pending), "the database still accepts the rotation's new password"
+    for step in ALL_STEPS[len(scenario.steps):]:
+        invoke(step, created["arn"], token)
+    assert sm.value(created["arn"]) == pending, "the rotation finished and published the new password"
+    assert can_login(pending)
+    assert_never_logged([created["password"], pending["password"]], pg, output)
 
 
 # --------------------------------------------------------------------------------- master secrets

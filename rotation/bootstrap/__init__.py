@@ -9,7 +9,8 @@ Order of work, chosen so that a crash at any line leaves nothing a re-run cannot
    or an unreachable host fails here, before anything is created.
 2. Create the secret, if it does not exist, *before* the role gets its password: a role whose password
    nobody knows can never be left behind. An existing secret is the truth: it is kept, and the role is
-   reset to its password if that no longer logs in.
+   reset to its password if that no longer logs in, except during a rotation (AWSPENDING on another
+   version): then AWSPENDING's password is kept if it logs in, and otherwise the bootstrap refuses.
 3. Reconcile the roles and privileges in one transaction: either all of it or none of it is committed.
 4. Log in with the secret and check who the session is, that it holds the group's privileges and (with
    ``ReadOnlyTransactions``) that it is read-only by default.

@@ -21,8 +21,12 @@ class ExistingSecret:
     name: str
     scheduled_for_deletion: bool
     kms_key_id: str | None
-    #: A version labelled AWSPENDING other than AWSCURRENT: a rotation is under way.
-    rotation_in_progress: bool
+    #: The version labelled AWSPENDING when it is not AWSCURRENT's: a rotation is under way (or stuck).
+    pending_version: str | None
+
+    @property
+    def rotation_in_progress(self) -> bool:
+        return self.pending_version is not None
 
 
 class BootstrapSecrets(SecretsManagerStore):
@@ -37,19 +41,24 @@ class BootstrapSecrets(SecretsManagerStore):
             raise
         stages = response.get("VersionIdsToStages", {})
         current = {v for v, labels in stages.items() if AWSCURRENT in labels}
-        pending = {v for v, labels in stages.items() if AWSPENDING in labels}
+        pending = sorted({v for v, labels in stages.items() if AWSPENDING in labels} - current)
         return ExistingSecret(
             arn=response["ARN"],
             name=response.get("Name", name),
             scheduled_for_deletion=response.get("DeletedDate") is not None,
             kms_key_id=response.get("KmsKeyId"),
-            rotation_in_progress=bool(pending - current),
+            pending_version=pending[0] if pending else None,
         )
 
     def read(self, secret_id: str, source: str) -> tuple[str, dict[str, Any]]:
         """The ARN and the parsed AWSCURRENT value of a secret."""
         response = self._call("get_secret_value", secret_id, VersionStage=AWSCURRENT)
         return response["ARN"], parse_secret_string(response.get("SecretString"), source)
+
+    def read_pending(self, secret_id: str, version_id: str, source: str) -> dict[str, Any]:
+        """The parsed AWSPENDING value of ``version_id``; PendingValueMissing until createSecret stored one."""
+        raw = self.get_secret_string(secret_id, AWSPENDING, version_id)
+        return parse_secret_string(raw, source)
 
     def create(self, name: str, document: Mapping[str, Any], description: str, kms_key_id: str | None,
                tags: Sequence[tuple[str, str]]) -> str:

@@ -12,7 +12,7 @@ from rotation.bootstrap.request import _SECRET_NAME, BootstrapRequest
 from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
 from rotation.config import Settings, StrategyName
 from rotation.credentials import DEFAULT_DBNAME, DEFAULT_PORT, MAX_IDENTIFIER_BYTES, DatabaseCredentials
-from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused
+from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
 from rotation.observability import annotate, logger
 from rotation.secrets_store import secrets_manager_client
 
@@ -122,7 +122,7 @@ class Bootstrapper:
         if existing is not None and request.tags:
             self._secrets.tag(arn, request.tags)
         creds = DatabaseCredentials.from_secret(document, f"secret {arn}")
-        changes += self._prove_login(creds, request, target.admin, arn)
+        changes += self._prove_login(creds, request, target.admin, arn, existing)
         for warning in plan.warnings:
             logger.warning(warning)
         result = BootstrapResult(arn, target.secret_name, request.username, request.group_role,
@@ -181,8 +181,9 @@ class Bootstrapper:
         return document, arn, [f"secret {existing.name}: updated {', '.join(changed)}"]
 
     def _prove_login(self, creds: DatabaseCredentials, request: BootstrapRequest, admin: DatabaseCredentials,
-                     arn: str) -> list[str]:
-        """Log in with the secret; if the role's password differs, the secret wins."""
+                     arn: str, existing: ExistingSecret | None) -> list[str]:
+        """Log in with the secret; if the role's password differs, the secret wins (unless a rotation is under
+        way: see _rotation_in_progress)."""
         group_role, read_only = request.group_role, request.read_only_transactions
         try:
             with self._database.connect(creds) as conn:
@@ -190,6 +191,9 @@ class Bootstrapper:
             return []
         except LoginRefused:
             pass
+        if existing is not None and existing.pending_version is not None:
+            self._rotation_in_progress(creds, request, existing)
+            return []
         logger.warning(f"role {creds.username!r} does not accept the password in secret {arn}; resetting the role "
                        "to the secret's password (the secret is the truth)")
         with self._database.connect(admin) as conn:
@@ -197,6 +201,40 @@ class Bootstrapper:
         with self._database.connect(creds) as conn:
             check_login(conn, creds, group_role, read_only=read_only)
         return [f"role {creds.username!r}: password reset to the secret's"]
+
+    def _rotation_in_progress(self, current: DatabaseCredentials, request: BootstrapRequest,
+                              existing: ExistingSecret) -> None:
+        """AWSCURRENT is refused while a rotation is under way: keep AWSPENDING's password if it logs in, else refuse.
+
+        After single-user's setSecret the database holds AWSPENDING's password and refuses AWSCURRENT's until
+        finishSecret publishes the new one. Resetting the role to AWSCURRENT's then would make finishSecret
+        publish a password the database no longer accepts. The bootstrap never changes a password while a
+        rotation is under way; rotation repair is the tool for one that is stuck.
+        """
+        version = existing.pending_version
+        source = f"AWSPENDING version {version} of secret {existing.arn}"
+        refused = (f"role {current.username!r} does not accept the password in AWSCURRENT of secret {existing.name} "
+                   f"and a rotation is in progress (AWSPENDING on version {version})")
+        what_to_do = (f"the bootstrap does not change a password during a rotation: let the rotation finish, or "
+                      f"repair it (rotation repair --secret-id {existing.arn}), then run the bootstrap again")
+        try:
+            pending = DatabaseCredentials.from_secret(self._secrets.read_pending(existing.arn, version, source),
+                                                      source)
+        except PendingValueMissing as exc:
+            raise BootstrapError(f"{refused}; AWSPENDING holds no value yet; {what_to_do}") from exc
+        except SecretFormatError as exc:
+            raise BootstrapError(f"{refused}; {exc}; {what_to_do}") from exc
+        same_target = (pending.host, pending.port, pending.dbname) == (current.host, current.port, current.dbname)
+        if not same_target or pending.username not in (request.username, request.clone):
+            raise BootstrapError(f"{refused}; AWSPENDING is for {pending.username!r} at {pending.address}/"
+                                 f"{pending.dbname}, not this login; {what_to_do}")
+        try:
+            with self._database.connect(pending) as conn:
+                check_login(conn, pending, request.group_role, read_only=request.read_only_transactions)
+        except LoginRefused as exc:
+            raise BootstrapError(f"{refused}; the database refuses AWSPENDING's password too; {what_to_do}") from exc
+        logger.warning(f"{refused}; AWSPENDING's password logs in (the rotation has set it), so the role is left "
+                       "as it is rather than reset to AWSCURRENT's: finishing the rotation publishes it")
 
     # ---- delete
 
