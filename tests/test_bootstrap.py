@@ -121,6 +121,13 @@ def direct_privileges(pg: PostgresServer, role: str) -> list[tuple[str, str]]:
         ).fetchall()
 
 
+def role_attributes(pg: PostgresServer, role: str) -> dict[str, bool]:
+    with pg.connect(dbname="appdb") as conn:
+        login, createdb = conn.execute("SELECT rolcanlogin, rolcreatedb FROM pg_roles WHERE rolname = %s",
+                                       (role,)).fetchone()
+    return {"login": login, "createdb": createdb}
+
+
 def secret_exists(sm, name: str) -> bool:
     try:
         sm.client().describe_secret(SecretId=name)
@@ -604,6 +611,52 @@ def test_cloudformation_create_update_delete(response_server: ResponseServer, ma
     assert removed["Status"] == "SUCCESS", removed["Reason"]
     assert existing_roles(pg, username, f"{username}_readonly") == set()
     assert not secret_exists(sm, name)
+
+
+@dataclass(frozen=True)
+class CloneRole:
+    """A ``<Username>_clone`` login that existed before the stack (CREATEDB, SELECT granted to it directly)."""
+
+    strategy: str
+    #: Whether the bootstrap treats it as its own: attributes and grants brought in line, dropped on delete.
+    managed: bool
+
+
+CLONE_ROLES = {
+    "single-user-leaves-someone-elses-clone-alone": CloneRole(SINGLE, False),
+    "alternating-users-manages-its-clone": CloneRole(ALTERNATING, True),
+}
+
+
+@pytest.mark.parametrize("clone_role", CLONE_ROLES.values(), ids=CLONE_ROLES.keys())
+def test_a_clone_role_is_the_bootstraps_only_under_alternating_users(response_server: ResponseServer, master_arn,
+                                                                     username, make_app_user, cluster, pg,
+                                                                     clone_role: CloneRole) -> None:
+    clone = make_app_user(f"{username}_clone")
+    master_execute(cluster, sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(clone["username"])))
+    properties = {"MasterSecretId": master_arn, "Username": username, "Strategy": clone_role.strategy,
+                  "RemoveOnDelete": "true"}
+    name = f"rds-db-credentials/demo-cluster/{username}"
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Create", properties), None)
+    created = response_server.next_response()
+
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    assert can_login(clone), "its password is never touched"
+    if clone_role.managed:
+        assert role_attributes(pg, clone["username"]) == {"login": True, "createdb": False}
+        assert direct_privileges(pg, clone["username"]) == []
+    else:
+        assert role_attributes(pg, clone["username"]) == {"login": True, "createdb": True}
+        assert direct_privileges(pg, clone["username"]) == [("films", "SELECT")]
+        assert clone["username"] not in created["Reason"]
+
+    handler.bootstrap(custom_resource_event(response_server.url, "Delete", properties, name), None)
+    removed = response_server.next_response()
+
+    assert removed["Status"] == "SUCCESS", removed["Reason"]
+    remaining = existing_roles(pg, username, clone["username"])
+    assert remaining == (set() if clone_role.managed else {clone["username"]})
 
 
 def test_a_failed_create_is_reported_and_its_rollback_removes_nothing(response_server: ResponseServer, master_arn,

@@ -226,8 +226,12 @@ def _rows(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> l
     return conn.execute(query, params).fetchall()
 
 
-def inspect_database(conn: psycopg.Connection, request: BootstrapRequest) -> DatabasePlan:
-    """Check everything that can be checked before creating anything; raise with the exact reason."""
+def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clone: bool) -> DatabasePlan:
+    """Check everything that can be checked before creating anything; raise with the exact reason.
+
+    ``clone``: whether ``<Username>_clone`` is one of this login's roles (alternating users, or the secret names
+    it). Otherwise a role of that name is someone else's: not inspected, changed or revoked from.
+    """
     master, dbname, superuser, createrole, version = conn.execute(
         "SELECT current_user::text, current_database()::text, rolsuper, rolcreaterole, "
         "current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user"
@@ -243,7 +247,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest) -> Dat
         raise BootstrapError(f"{master!r} is the master user itself; choose another Username/GroupRole")
     warnings: list[str] = []
 
-    names = [request.group_role, request.username, request.clone]
+    names = [request.group_role, request.username, *([request.clone] if clone else [])]
     roles = {row[0]: RoleState(row[0], tuple(attr for attr, flag in zip(_FORBIDDEN_ATTRIBUTES.values(), row[1:4],
                                                                           strict=True) if flag),
                                *row[4:]) for row in _rows(conn, _ROLES, (names,))}
@@ -297,7 +301,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest) -> Dat
 
     plan = DatabasePlan(
         master=master, dbname=dbname, server_version=version, group_role=request.group_role,
-        username=request.username, clone=request.clone if request.clone in roles else None, roles=roles,
+        username=request.username, clone=request.clone if clone and request.clone in roles else None, roles=roles,
         schemas=tuple(schemas), relations=tuple(relations),
         default_privilege_schemas=request.schemas if request.tables is None else (),
         read_only_logins=request.read_only_transactions, warnings=warnings,

@@ -87,9 +87,13 @@ class Bootstrapper:
         annotate(secret_name=secret_name, username=request.username, group_role=request.group_role)
         return _Target(admin, master_arn, connection, secret_name)
 
-    def _login_roles(self, request: BootstrapRequest) -> tuple[str, ...]:
-        return (request.clone, request.username) if len(request.clone.encode()) <= MAX_IDENTIFIER_BYTES \
-            else (request.username,)
+    @staticmethod
+    def _login_roles(request: BootstrapRequest, secret_username: str | None) -> tuple[str, ...]:
+        """The login roles this bootstrap manages: the user, and its ``_clone`` only with alternating users or
+        when the secret names it. Under single-user a role of that name is someone else's: left alone."""
+        if request.strategy is StrategyName.ALTERNATING_USERS or secret_username == request.clone:
+            return (request.clone, request.username)
+        return (request.username,)
 
     # ---- create / update
 
@@ -101,14 +105,17 @@ class Bootstrapper:
                 f"secret {target.secret_name} is scheduled for deletion; restore it (aws secretsmanager "
                 f"restore-secret --secret-id {existing.arn}) to keep its password, or choose another SecretName"
             )
+        adopted = None if existing is None else self._read_existing(request, existing)
+        secret_username = None if adopted is None else adopted[1]["username"]
         changes: list[str] = []
         with self._database.connect(target.admin) as conn:
-            plan = inspect_database(conn, request)
-            if existing is None:
+            plan = inspect_database(conn, request,
+                                    clone=request.clone in self._login_roles(request, secret_username))
+            if adopted is None:
                 document, arn, login_password = self._create_secret(request, target)
                 changes.append(f"created secret {target.secret_name}")
             else:
-                document, arn, updated = self._adopt_secret(request, target, existing)
+                document, arn, updated = self._adopt_secret(request, target, existing, *adopted)
                 changes += updated
                 login_password = None
                 if document["username"] == request.username and request.username not in plan.roles:
@@ -154,17 +161,22 @@ class Bootstrapper:
         logger.info(f"created secret {target.secret_name}", extra={"secret_arn": arn})
         return document, arn, password
 
-    def _adopt_secret(self, request: BootstrapRequest, target: _Target,
-                      existing: ExistingSecret) -> tuple[dict[str, Any], str, list[str]]:
+    def _read_existing(self, request: BootstrapRequest, existing: ExistingSecret) -> tuple[str, dict[str, Any]]:
+        """The ARN and AWSCURRENT value of the secret to adopt, checked to be this login's (read only)."""
         source = f"AWSCURRENT of secret {existing.arn}"
         arn, current = self._secrets.read(existing.arn, source)
-        if current.get("username") not in self._login_roles(request):
+        ours = [name for name in (request.username, request.clone) if len(name.encode()) <= MAX_IDENTIFIER_BYTES]
+        if current.get("username") not in ours:
             raise BootstrapError(
                 f"secret {existing.name} exists but is for user {current.get('username')!r}, not "
                 f"{request.username!r}; give another SecretName"
             )
         if not isinstance(current.get("password"), str) or not current["password"]:
             raise BootstrapError(f"{source} has no password; delete the secret or give another SecretName")
+        return arn, current
+
+    def _adopt_secret(self, request: BootstrapRequest, target: _Target, existing: ExistingSecret, arn: str,
+                      current: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]]:
         if request.kms_key_id and existing.kms_key_id and request.kms_key_id != existing.kms_key_id:
             logger.warning(f"secret {existing.name} is encrypted with {existing.kms_key_id}, not "
                            f"{request.kms_key_id}; the bootstrap does not change the key of an existing secret")
@@ -246,14 +258,24 @@ class Bootstrapper:
             # unless the master secret changed since; removing the wrong login would be worse than none.
             raise BootstrapError(f"resource {physical_id} no longer matches its properties (they now name secret "
                                  f"{target.secret_name}); nothing removed")
-        with self._database.connect(target.admin) as conn:
-            changes = drop_roles(conn, (*self._login_roles(request), request.group_role))
         existing = self._secrets.find(target.secret_name)
-        if existing is not None and not existing.scheduled_for_deletion:
+        live = existing is not None and not existing.scheduled_for_deletion
+        secret_username = self._secret_username(existing) if live else None
+        with self._database.connect(target.admin) as conn:
+            changes = drop_roles(conn, (*self._login_roles(request, secret_username), request.group_role))
+        if live:
             self._secrets.delete(existing.arn)
             changes.append(f"deleted secret {target.secret_name}")
         logger.info("removed", extra={"changes": changes})
         return changes
+
+    def _secret_username(self, existing: ExistingSecret) -> str | None:
+        """Whom the secret's AWSCURRENT names; None when it cannot be read as a secret (nothing then is ours)."""
+        try:
+            return self._secrets.read(existing.arn, f"AWSCURRENT of secret {existing.arn}")[1].get("username")
+        except SecretFormatError as exc:
+            logger.warning(f"{exc}; only the roles named in the properties are removed")
+            return None
 
 
 def build_bootstrapper(settings: Settings | None = None) -> Bootstrapper:
