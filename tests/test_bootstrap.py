@@ -552,6 +552,7 @@ INVALID_EVENTS = {
     "missing-master-secret": ({"MasterSecretId": None}, "'MasterSecretId'"),
     "unknown-key": ({"Schema": ["public"]}, "'Schema'"),
     "port-not-a-number": ({"Port": "fivefourthreetwo"}, "'Port'"),
+    "port-a-superscript-digit": ({"Port": "\u00b2"}, "'Port'"),
     "strategy-unknown": ({"Strategy": "both"}, "'Strategy'"),
     "table-without-schema": ({"Tables": ["films"]}, "'Tables'"),
     "tables-not-a-list": ({"Tables": 5}, "'Tables'"),

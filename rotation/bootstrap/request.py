@@ -89,7 +89,7 @@ class _Properties:
         if value is None:
             return None
         # CloudFormation passes every property value as a string.
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdecimal():  # not isdigit: int("²") fails
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise self.bad(key, f"a TCP port number (1-65535), got {value!r}")
