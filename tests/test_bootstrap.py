@@ -9,6 +9,7 @@ in a log. With ``ReadOnlyTransactions`` writes fail first with 25006 (the read-o
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 from helpers import can_login, closed_port, connect, select_titles
 from psycopg import sql
 from service import ALL_STEPS, invoke, rotate
@@ -33,10 +34,12 @@ from rotation.exceptions import (
     PrivilegeError,
     RotationError,
     SecretsManagerError,
+    SecretsManagerUnreachable,
 )
 from rotation.local.aurora import setup_aurora_like
 from rotation.local.lambda_context import LambdaContext
 from rotation.local.postgres import PostgresServer
+from rotation.secrets_store import secrets_manager_client
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 INSERT = "INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)"
@@ -575,6 +578,31 @@ def test_an_invalid_event_names_the_bad_key(change: dict[str, Any], named: str) 
     with pytest.raises(InvalidEventError) as caught:
         handler.bootstrap(event, None)
     assert named in str(caught.value)
+
+
+def test_a_lost_create_secret_answer_is_reported_as_unreachable_and_the_rerun_adopts(bootstrap, sm,
+                                                                                      username) -> None:
+    """CreateSecret is carried out but its answer times out, as on a network path that drops it."""
+    client = secrets_manager_client(os.environ.get("SECRETS_MANAGER_ENDPOINT"))  # the function's cached client
+
+    def lose_the_answer(model: Any, **_: Any) -> None:
+        if model.name == "CreateSecret":
+            raise ReadTimeoutError(endpoint_url=client.meta.endpoint_url)
+
+    client.meta.events.register("after-call.secrets-manager", lose_the_answer, unique_id="lose-create-secret")
+    try:
+        with pytest.raises(SecretsManagerUnreachable) as caught:
+            bootstrap()
+    finally:
+        client.meta.events.unregister("after-call.secrets-manager", unique_id="lose-create-secret")
+    assert "cannot reach the Secrets Manager endpoint" in str(caught.value)
+    assert "VPC endpoint" in str(caught.value)
+    stored = sm.value(f"rds-db-credentials/demo-cluster/{username}")
+
+    finished = bootstrap()
+
+    assert credentials(finished) == stored
+    assert can_login(stored)
 
 
 # ------------------------------------------------------------------------------------- CloudFormation

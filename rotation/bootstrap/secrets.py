@@ -7,12 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError
+from botocore.exceptions import ClientError
 
 from rotation.credentials import parse_secret_string
-from rotation.exceptions import BootstrapError, SecretsManagerError, SecretsManagerUnreachable
+from rotation.exceptions import BootstrapError, SecretsManagerError
 from rotation.ports import AWSCURRENT, AWSPENDING
-from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore
+from rotation.secrets_store import SecretsManagerStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +62,22 @@ class BootstrapSecrets(SecretsManagerStore):
 
     def create(self, name: str, document: Mapping[str, Any], description: str, kms_key_id: str | None,
                tags: Sequence[tuple[str, str]]) -> str:
-        kwargs: dict[str, Any] = {"Name": name, "SecretString": json.dumps(dict(document)),
-                                  "Description": description}
+        kwargs: dict[str, Any] = {"SecretString": json.dumps(dict(document)), "Description": description}
         if kms_key_id:
             kwargs["KmsKeyId"] = kms_key_id
         if tags:
             kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags]
         try:
-            return self._client.create_secret(**kwargs)["ARN"]
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            raise SecretsManagerUnreachable(
-                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"
-            ) from exc
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "Unknown")
-            if code == "ResourceExistsException":
+            # Through _call, for the same translation as every other call (an unreachable endpoint, a timeout,
+            # missing credentials); CreateSecret alone names the secret with Name, hence the adapter.
+            response = SecretsManagerStore(_NameForSecretId(self._client))._call("create_secret", name, **kwargs)
+        except SecretsManagerError as exc:
+            if _aws_error_code(exc) == "ResourceExistsException":
                 raise BootstrapError(
                     f"secret {name} was created by someone else while this bootstrap ran; run it again to adopt it"
                 ) from exc
-            raise SecretsManagerError(f"CreateSecret {name} failed: {code}: {error.get('Message', '')}") from exc
-        except BotoCoreError as exc:
-            raise SecretsManagerError(f"CreateSecret {name} failed: {exc}") from exc
+            raise
+        return response["ARN"]
 
     def put_current(self, secret_id: str, document: Mapping[str, Any]) -> None:
         self._call("put_secret_value", secret_id, SecretString=json.dumps(dict(document)),
@@ -96,6 +90,17 @@ class BootstrapSecrets(SecretsManagerStore):
         # Only after the role is dropped: its password then opens nothing, so a recovery window would only
         # block re-creating a secret of the same name for a week.
         self._call("delete_secret", secret_id, ForceDeleteWithoutRecovery=True)
+
+
+class _NameForSecretId:
+    """The client, with ``create_secret`` taking ``SecretId`` as every other call does (it means ``Name``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.meta = client.meta
+
+    def create_secret(self, *, SecretId: str, **kwargs: Any) -> dict[str, Any]:
+        return self._client.create_secret(Name=SecretId, **kwargs)
 
 
 def _aws_error_code(exc: BaseException) -> str | None:
