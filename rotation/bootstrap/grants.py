@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from rotation.credentials import DatabaseCredentials
-from rotation.database import scram_verifier
+from rotation.database import _diag, scram_verifier
 from rotation.exceptions import BootstrapError, PrivilegeError
 from rotation.observability import logger
 
@@ -357,18 +357,9 @@ def _execute(conn: psycopg.Connection, statement: sql.Composable, doing: str) ->
     try:
         conn.execute(statement)
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise PrivilegeError(f"{doing}: {_diagnostic(exc)}") from exc
+        raise PrivilegeError(f"{doing}: {_diag(exc)}") from exc
     except psycopg.Error as exc:
-        raise BootstrapError(f"{doing}: {_diagnostic(exc)}") from exc
-
-
-def _diagnostic(exc: psycopg.Error) -> str:
-    parts = [exc.diag.message_primary or type(exc).__name__]
-    if exc.diag.message_detail:
-        parts.append(exc.diag.message_detail)
-    if exc.diag.sqlstate:
-        parts.append(f"(SQLSTATE {exc.diag.sqlstate})")
-    return " ".join(parts)
+        raise BootstrapError(f"{doing}: {_diag(exc)}") from exc
 
 
 def _grant_statement(key: tuple[str, str | None, str, str | None, str, str]) -> sql.Composable:
