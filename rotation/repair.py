@@ -33,7 +33,7 @@ from rotation.exceptions import (
     VerificationError,
 )
 from rotation.ports import AWSCURRENT, AWSPENDING, Database, SecretMetadata
-from rotation.protocol import choose_strategy, toggle_clone
+from rotation.protocol import CLONE_SUFFIX, choose_strategy, original_role
 from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 
 
@@ -222,7 +222,10 @@ class Repair:
         # createSecret copies AWSCURRENT and changes only the username (alternating) and the password: anything
         # else was not written by a rotation, and promoting it could point the application at another server.
         same_target = (pending.host, pending.port, pending.dbname) == (current.host, current.port, current.dbname)
-        if not same_target or pending.username not in {current.username, toggle_clone(current.username)}:
+        # The user and its alternate, built without toggle_clone's length check: a single-user name of 58 to 63
+        # bytes has no valid alternate, and must not abort the analysis.
+        original = original_role(current.username)
+        if not same_target or pending.username not in {original, original + CLONE_SUFFIX}:
             return _state(state, Login.ELSEWHERE, f"it is for {pending.username!r} at {pending.address}/"
                           f"{pending.dbname}, which a rotation of AWSCURRENT ({current.username!r} at "
                           f"{current.address}/{current.dbname}) would not write; not tried", pending.username)

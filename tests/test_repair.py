@@ -119,8 +119,8 @@ SINGLE, ALTERNATING = "single-user", "alternating-users"
 
 @pytest.fixture
 def make_secret(sm, cluster, make_app_user, store_secret) -> Callable[[str], Secret]:
-    def factory(strategy: str, **overrides: Any) -> Secret:
-        value = {**make_app_user(), **overrides}
+    def factory(strategy: str, username: str | None = None, **overrides: Any) -> Secret:
+        value = {**make_app_user(username), **overrides}
         if strategy == ALTERNATING:
             value["masterarn"] = store_secret(cluster)
         return Secret(sm, store_secret(value), value, cluster)
@@ -182,6 +182,31 @@ def test_repair_leaves_a_state_from_which_rotation_succeeds(strategy, break_it, 
     new_current = sm.value(secret.arn)
     assert new_current["password"] != rotated_from["password"]
     assert can_login(new_current)
+
+
+@pytest.mark.parametrize(
+    ("break_it", "action"),
+    [
+        pytest.param(stopped_after("createSecret"), Action.REMOVE_PENDING, id="createSecret-ran-then-stopped"),
+        pytest.param(stopped_after("createSecret", "setSecret"), Action.FINISH_ROTATION, id="set-then-stopped"),
+    ],
+)
+def test_a_single_user_name_too_long_for_a_clone_is_repaired(break_it, action, sm, make_secret):
+    """58 to 63 bytes: a valid single-user name whose ``_clone`` would pass PostgreSQL's 63-byte limit."""
+    username = f"long_{uuid.uuid4().hex}".ljust(60, "x")
+    assert len(username.encode()) == 60
+    secret = make_secret(SINGLE, username)
+    break_it(secret)
+
+    plan = analyze(secret.arn)
+    result = Repair.from_env().apply(plan)
+
+    assert plan.action is action
+    assert plan.pending.username == username
+    assert result.applied and not stuck(sm, secret.arn)
+    assert can_login(sm.value(secret.arn))
+    rotate_fully(sm, secret.arn)
+    assert can_login(sm.value(secret.arn))
 
 
 def current_and_pending_dead(secret: Secret) -> None:
