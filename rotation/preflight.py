@@ -117,12 +117,15 @@ class Status(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """What one check found. ``learned`` feeds later checks; it is applied only when the check finished in time."""
+    """What one check found. ``learned`` feeds later checks; it is applied only when the check finished in time.
+
+    ``learned`` is out of the repr: it holds the raw AWSCURRENT value, password and all.
+    """
 
     status: Status
     detail: str
     fix: str | None = None
-    learned: Mapping[str, Any] = field(default_factory=dict)
+    learned: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 def ok(detail: str, **learned: Any) -> Finding:

@@ -20,7 +20,7 @@ from rotation.cli import main
 from rotation.database import scram_verifier
 from rotation.handler import rotate
 from rotation.local.lambda_context import LambdaContext
-from rotation.preflight import REPORT_BUDGET_S, Preflight, PreflightReport, Status, diagnose
+from rotation.preflight import REPORT_BUDGET_S, Finding, Preflight, PreflightReport, Status, diagnose
 
 #: What the issue promises: the report is back within this, whatever does not answer.
 PROMISED_SECONDS = 10
@@ -98,6 +98,30 @@ def test_a_healthy_secret_passes_and_nothing_changes(with_masterarn, expected, p
     assert _verifiers(pg, user["username"], cluster["username"]) == verifiers_before
     rendered = json.dumps(report.to_dict())
     assert user["password"] not in rendered and cluster["password"] not in rendered
+
+
+@pytest.mark.parametrize("with_masterarn", [False, True], ids=["single-user", "alternating-users"])
+def test_no_finding_shows_a_password_in_its_repr(with_masterarn, make_app_user, cluster, master_arn, store_secret,
+                                                 monkeypatch):
+    """A Finding carries what its check learned (the raw AWSCURRENT value among it) to the next: a debugger, a
+    log line or a traceback that shows one must not show a password."""
+    user = make_app_user()
+    arn = store_secret({**user, "masterarn": master_arn} if with_masterarn else user)
+    findings: list[Finding] = []
+    run_one = Preflight._run_one
+
+    def recording(*args: Any) -> Finding:
+        findings.append(run_one(*args))
+        return findings[-1]
+
+    monkeypatch.setattr(Preflight, "_run_one", staticmethod(recording))
+
+    report = diagnose(arn)
+
+    assert len(findings) == len(report.checks) and report.status is not Status.FAIL
+    assert any(finding.learned.get("current_raw") for finding in findings), "the raw value was passed on"
+    for finding in findings:
+        assert user["password"] not in repr(finding) and cluster["password"] not in repr(finding)
 
 
 # ---------------------------------------------------------------------------------------------- what is wrong
