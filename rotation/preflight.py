@@ -290,7 +290,7 @@ class Preflight:
             if remaining < MIN_CHECK_S:
                 finding = skip(f"the preflight's {self._budget_s:.0f} s budget is spent")
             else:
-                finding = self._run_one(check, facts, min(CHECK_LIMIT_S, remaining), default_fix)
+                finding = self._run_one(name, check, facts, min(CHECK_LIMIT_S, remaining), default_fix)
             for key, value in finding.learned.items():
                 setattr(facts, key, value)
             results.append(CheckResult(
@@ -308,7 +308,7 @@ class Preflight:
         )
 
     @staticmethod
-    def _run_one(check: Callable[[_Facts], Finding], facts: _Facts, limit: float,
+    def _run_one(name: str, check: Callable[[_Facts], Finding], facts: _Facts, limit: float,
                  default_fix: str | None) -> Finding:
         try:
             return _within(limit, lambda: check(facts))
@@ -317,7 +317,11 @@ class Preflight:
         except RotationError as exc:
             return fail(str(exc), _fix_for(exc, default_fix))
         except Exception as exc:
-            return fail(f"unexpected {type(exc).__name__}: {exc}", default_fix)
+            # The message of an unexpected exception is not ours to vet for secrets, and the report goes into the
+            # log and the Lambda response: name the type only, and log the traceback for whoever debugs it.
+            logger.exception(f"preflight check {name} failed unexpectedly",
+                             extra={"error": type(exc).__name__, "check": name})
+            return fail(f"unexpected {type(exc).__name__}; its traceback is in the log", default_fix)
 
     # ------------------------------------------------------------------------------------------ Secrets Manager
 

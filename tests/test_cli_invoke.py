@@ -200,6 +200,30 @@ def test_exit_codes(tmp_path, capsys, event_text, extra_argv, expected_code, exp
     assert expected_message in out + err
 
 
+def test_an_unexpected_error_is_reported_by_its_type_with_the_traceback_on_stderr(tmp_path, capsys, monkeypatch):
+    """A bug in the function: its message is not ours to vet for secrets, so the response names the type only."""
+    import rotation.handler
+
+    leaked = f"postgresql://app:{uuid.uuid4().hex}@db"
+
+    def crash(event: Any, context: Any) -> Any:
+        raise RuntimeError(f"driver gave up on {leaked}")
+
+    monkeypatch.setattr(rotation.handler, "rotate", crash)
+    event = tmp_path / "event.json"
+    event.write_text('{"Step": "createSecret", "SecretId": "s", "ClientRequestToken": "t"}')
+
+    code = main(["invoke", str(event)])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert response(out) == {"errorType": "RuntimeError",
+                             "errorMessage": "unexpected RuntimeError; its traceback is on stderr"}
+    assert leaked not in out
+    assert "Traceback (most recent call last)" in err
+    assert err.rstrip().endswith("rotation.handler.rotate failed: unexpected RuntimeError; its traceback is on stderr")
+
+
 # --- the pieces: template resolution and the context -------------------------------------------------------
 
 RESOLUTION_TEMPLATE = """

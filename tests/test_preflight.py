@@ -357,6 +357,28 @@ def test_the_preflight_event_answers_through_the_rotation_handler(make_app_user,
     assert user["password"] not in json.dumps(answer) + json.dumps(logged)
 
 
+def test_an_unexpected_error_is_reported_by_its_type_only(make_app_user, store_secret, monkeypatch, capsys):
+    """A bug, or a library's exception, in one check: its message may quote anything (here a connection string
+    with a password the report does not know to redact), so the report names the type and nothing more."""
+    leaked = f"postgresql://app:{uuid.uuid4().hex}@db"
+
+    def crash(facts: Any) -> Any:
+        raise RuntimeError(f"driver gave up on {leaked}")
+
+    monkeypatch.setattr(Preflight, "_current_login", staticmethod(crash))
+    arn = store_secret(make_app_user())
+
+    answer = rotate({"Preflight": True, "SecretId": arn}, LambdaContext("rotation-preflight-test"))
+
+    check = next(check for check in answer["checks"] if check["name"] == "current_login")
+    assert (check["status"], check["detail"]) == ("fail", "unexpected RuntimeError; its traceback is in the log")
+    assert leaked not in json.dumps(answer)
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    report_line = next(line for line in logged if "preflight" in line)
+    assert leaked not in json.dumps(report_line)
+    assert any(line.get("check") == "current_login" and line.get("error") == "RuntimeError" for line in logged)
+
+
 @pytest.mark.parametrize(
     ("wrong_password", "as_json", "exit_code", "expected_output"),
     [

@@ -143,11 +143,17 @@ def _invoke(handler_path: str, event: Any, context: Any) -> int:
         handler = getattr(importlib.import_module(module_name), function_name)
         result = handler(event, context)
     except Exception as exc:
-        # The response Lambda returns for a function error; the handler has already logged the details.
-        print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}), flush=True)
-        if not isinstance(exc, RotationError):
+        # The response Lambda returns for a function error; the handler has already logged the details. Our own
+        # errors' messages never quote a secret; an unexpected exception's message is not ours to vet, so only
+        # its type is printed, and its traceback goes to stderr for whoever debugs it (as rotation.cfn does).
+        if isinstance(exc, RotationError):
+            message = str(exc)
+            summary = f"{type(exc).__name__}: {message}"
+        else:
             traceback.print_exc(file=sys.stderr)
-        print(f"{handler_path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            message = summary = f"unexpected {type(exc).__name__}; its traceback is on stderr"
+        print(json.dumps({"errorType": type(exc).__name__, "errorMessage": message}), flush=True)
+        print(f"{handler_path} failed: {summary}", file=sys.stderr)
         return EXIT_FUNCTION_ERROR
     print(json.dumps(result, default=str), flush=True)
     return EXIT_OK
