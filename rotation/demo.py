@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
+from rotation.database import _role_exists as role_exists
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
 from rotation.local.aurora import login_accepted, secret_conninfo, setup_aurora_like
@@ -273,7 +274,8 @@ def _superuser_value(server: PostgresServer, query: str, params: Sequence[Any] =
 
 
 def _role_exists(server: PostgresServer, name: str) -> bool:
-    return bool(_superuser_value(server, "SELECT count(*) FROM pg_roles WHERE rolname = %s", (name,)))
+    with server.connect(dbname=DBNAME) as conn:
+        return role_exists(conn, name)
 
 
 def _logged_statements(server: PostgresServer) -> list[tuple[str, str, str]]:

@@ -66,15 +66,6 @@ def secret_conninfo(secret: Mapping[str, Any], *, ca_file: str | None = None, **
     return info
 
 
-def _scram_verifier(conn: Any, username: str, password: str) -> str:
-    # The server stores a verifier it receives as is; the plaintext never leaves this process.
-    return conn.pgconn.encrypt_password(password.encode(), username.encode(), b"scram-sha-256").decode()
-
-
-def _role_exists(conn: Any, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
-
-
 def _secret_for(server: PostgresServer, username: str, password: str, dbname: str) -> dict[str, Any]:
     return {
         "engine": "postgres",
@@ -98,6 +89,9 @@ def setup_aurora_like(server: PostgresServer, *, master: str = "master_user", db
     _check_identifier(dbname, "database name")
     psycopg = _psycopg()
     sql = psycopg.sql
+    # On use, like psycopg: the rotation function's own helpers (the verifier is computed client-side).
+    from rotation.database import _role_exists, scram_verifier
+
     password = secrets.token_urlsafe(24)
 
     with server.connect() as conn:
@@ -109,7 +103,7 @@ def setup_aurora_like(server: PostgresServer, *, master: str = "master_user", db
         conn.execute("GRANT pg_signal_backend TO rds_superuser")
         conn.execute("GRANT rds_password TO rds_superuser WITH ADMIN OPTION")
 
-        verifier = sql.Literal(_scram_verifier(conn, master, password))
+        verifier = sql.Literal(scram_verifier(conn, master, password))
         if _role_exists(conn, master):
             conn.execute(
                 sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER CREATEROLE CREATEDB PASSWORD {}").format(
@@ -173,6 +167,8 @@ def create_app_role(
     _check_identifier(username, "role name")
     psycopg = _psycopg()
     sql = psycopg.sql
+    from rotation.database import scram_verifier
+
     password = secrets.token_urlsafe(24)
     dbname = master_secret.get("dbname") or "postgres"
     tables = [_qualified(name) for name in select_on]
@@ -184,7 +180,7 @@ def create_app_role(
                 sql.SQL("CREATE ROLE {} WITH {} PASSWORD {}").format(
                     sql.Identifier(username),
                     sql.SQL("LOGIN" if login else "NOLOGIN"),
-                    sql.Literal(_scram_verifier(conn, username, password)),
+                    sql.Literal(scram_verifier(conn, username, password)),
                 )
             )
             conn.execute(
