@@ -7,28 +7,18 @@ row in EVENT_MODELS: an unchecked sample is a sample nobody knows works.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from rotation import cfn
+from rotation.bootstrap import BootstrapRequest
 from rotation.events import PreflightEvent, RotationEvent, Step
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
-
-
-def optional_module(name: str, what: str) -> ModuleType:
-    """The module, or a skip naming it when it is not part of this tree yet (any other import error fails)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        pytest.skip(f"{name} ({what}) is not in this tree yet, so its event model cannot be checked")
 
 
 def rotation_step(step: Step) -> Callable[[dict[str, Any]], None]:
@@ -46,19 +36,15 @@ def preflight(event: dict[str, Any]) -> None:
 
 
 def bootstrap_direct(event: dict[str, Any]) -> None:
-    bootstrap = optional_module("rotation.bootstrap", "the bootstrap function")
-    bootstrap.BootstrapRequest.parse(event)
-    cfn = optional_module("rotation.cfn", "the CloudFormation custom resource protocol")
+    BootstrapRequest.parse(event)
     assert not cfn.CustomResourceRequest.matches(event), "the handler would answer it as a custom resource"
 
 
 def bootstrap_cloudformation(event: dict[str, Any]) -> None:
-    cfn = optional_module("rotation.cfn", "the CloudFormation custom resource protocol")
     assert cfn.CustomResourceRequest.matches(event), "the handler would take it for a direct invocation"
     request = cfn.CustomResourceRequest.parse(event)
     assert request.request_type == "Create"
-    bootstrap = optional_module("rotation.bootstrap", "the bootstrap function")
-    bootstrap.BootstrapRequest.parse(request.properties)
+    BootstrapRequest.parse(request.properties)
 
 
 EVENT_MODELS: dict[str, Callable[[dict[str, Any]], None]] = {
