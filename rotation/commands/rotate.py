@@ -47,7 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: `rotation --help` must stay fast and must not build the logger before `invoke` sets its env.
+    # Imported here, not at the top: the parser imports every command module to list it, and `rotation --help`
+    # must stay fast, without the boto3 and psycopg imports that only a rotation needs.
     from rotation.config import Settings
     from rotation.exceptions import RotationError
     from rotation.handler import build_database
