@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import NoCredentialsError, NoRegionError
+from botocore.exceptions import NoCredentialsError
 
 from rotation.config import Settings
 from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.database import PostgresDatabase
 from rotation.events import PreflightEvent
 from rotation.exceptions import (
+    ConfigurationError,
     DatabaseUnreachable,
     LoginRefused,
     RotationError,
@@ -343,8 +344,8 @@ class Preflight:
             store = SecretsManagerStore(
                 secrets_manager_client(facts.settings.secrets_manager_endpoint, PREFLIGHT_CLIENT_CONFIG)
             )
-        except NoRegionError:
-            return fail("no AWS region configured", "set AWS_REGION (Lambda sets it for you)")
+        except ConfigurationError as exc:  # no region: secrets_manager_client says so, naming AWS_REGION
+            return fail(str(exc), "set AWS_REGION (Lambda sets it for you; locally, a profile with a region works too)")
         try:
             metadata = store.describe(facts.secret_id)
         except SecretsManagerUnreachable as exc:

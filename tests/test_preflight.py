@@ -207,6 +207,18 @@ def test_an_unknown_secret_is_reported_as_unreadable():
     assert {_status(report)[name] for name in ("secret_well_formed", "current_login", "admin_login")} == {"skip"}
 
 
+def test_a_missing_region_fails_the_endpoint_check_with_the_region_fix(monkeypatch):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)  # and the config file is os.devnull: no region anywhere
+
+    report = diagnose(f"no-such-secret-{uuid.uuid4().hex}")
+
+    endpoint = _check(report, "secrets_manager_endpoint")
+    assert endpoint.status is Status.FAIL
+    assert "no AWS region configured" in endpoint.detail
+    assert "AWS_REGION" in endpoint.fix and "VPC endpoint" not in endpoint.fix
+
+
 def test_a_stuck_rotation_is_a_warning_that_points_to_repair(sm, make_app_user, store_secret):
     arn = store_secret(make_app_user())
     sm.stage_pending(arn)
