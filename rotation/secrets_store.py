@@ -105,9 +105,10 @@ class SecretsManagerStore:
     def endpoint(self) -> str:
         return self._client.meta.endpoint_url
 
-    def _call(self, operation: str, secret_id: str, **kwargs):
+    def _call(self, operation: str, secret_id: str, *, id_parameter: str = "SecretId", **kwargs):
+        """One API call, its failures translated; CreateSecret names the secret with ``Name``."""
         try:
-            return getattr(self._client, operation)(SecretId=secret_id, **kwargs)
+            return getattr(self._client, operation)(**{id_parameter: secret_id}, **kwargs)
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
             raise SecretsManagerUnreachable(
                 f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"

@@ -69,8 +69,8 @@ class BootstrapSecrets(SecretsManagerStore):
             kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags]
         try:
             # Through _call, for the same translation as every other call (an unreachable endpoint, a timeout,
-            # missing credentials); CreateSecret alone names the secret with Name, hence the adapter.
-            response = SecretsManagerStore(_NameForSecretId(self._client))._call("create_secret", name, **kwargs)
+            # missing credentials).
+            response = self._call("create_secret", name, id_parameter="Name", **kwargs)
         except SecretsManagerError as exc:
             if _aws_error_code(exc) == "ResourceExistsException":
                 raise BootstrapError(
@@ -90,17 +90,6 @@ class BootstrapSecrets(SecretsManagerStore):
         # Only after the role is dropped: its password then opens nothing, so a recovery window would only
         # block re-creating a secret of the same name for a week.
         self._call("delete_secret", secret_id, ForceDeleteWithoutRecovery=True)
-
-
-class _NameForSecretId:
-    """The client, with ``create_secret`` taking ``SecretId`` as every other call does (it means ``Name``)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.meta = client.meta
-
-    def create_secret(self, *, SecretId: str, **kwargs: Any) -> dict[str, Any]:
-        return self._client.create_secret(Name=SecretId, **kwargs)
 
 
 def _aws_error_code(exc: BaseException) -> str | None:
