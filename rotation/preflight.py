@@ -48,7 +48,7 @@ from rotation.exceptions import (
 from rotation.observability import logger
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
 from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
-from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
+from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, secrets_manager_client
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
 REPORT_BUDGET_S = 9.0
@@ -73,7 +73,6 @@ PREFLIGHT_CLIENT_CONFIG = Config(
 #: any authentication, so it tells "PostgreSQL answers here" and "TLS is offered" without logging in.
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
-NO_ROUTE_FIX = "add an interface VPC endpoint for secretsmanager with private DNS, or a NAT gateway"
 UNREADABLE_FIX = (
     "check the secret id, and that the function's execution role may secretsmanager:DescribeSecret and "
     "secretsmanager:GetSecretValue on it (and kms:Decrypt when it uses a customer managed key)"
