@@ -149,17 +149,9 @@ class PostgresDatabase:
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
         with self.connect(admin) as conn:
-            row = conn.execute(
-                "SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
-                (username,),
-            ).fetchone()
-            if row is None:
+            if not _role_exists(conn, username):
                 raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
-            if row[0] or username == admin.username:
-                # The admin secret changes application users' passwords, never an administrator's: a user
-                # secret edited to name one would otherwise hand its password to whoever reads that secret.
-                raise PrivilegeError(f"refusing to set the password of {username!r} with the admin secret: it is "
-                                     "an administrative role (superuser, CREATEROLE, REPLICATION or BYPASSRLS)")
+            _refuse_administrative_target(conn, username, admin)
             _alter_password(conn, username, new_password)
 
     def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
@@ -170,6 +162,8 @@ class PostgresDatabase:
             role = sql.Identifier(username)
             verifier = sql.Literal(scram_verifier(conn, username, new_password))
             created = not _role_exists(conn, username)
+            if not created:
+                _refuse_administrative_target(conn, username, admin)
             if created:
                 conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
             else:
@@ -215,6 +209,18 @@ def _diag(exc: psycopg.Error) -> str:
 
 def _role_exists(conn: psycopg.Connection, username: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone() is not None
+
+
+def _refuse_administrative_target(conn: psycopg.Connection, username: str, admin: DatabaseCredentials) -> None:
+    """The admin secret changes application users' passwords, never an administrator's: a user secret edited
+    to name one would otherwise hand that role's new password to whoever can read the user secret."""
+    privileged = conn.execute(
+        "SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
+        (username,),
+    ).fetchone()[0]
+    if privileged or username == admin.username:
+        raise PrivilegeError(f"refusing to set the password of {username!r} with the admin secret: it is an "
+                             "administrative role (superuser, CREATEROLE, REPLICATION or BYPASSRLS)")
 
 
 def _alter_password(conn: psycopg.Connection, username: str, new_password: str) -> None:

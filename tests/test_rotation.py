@@ -506,3 +506,15 @@ def test_a_missing_region_is_a_configuration_error(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigurationError, match="no AWS region configured"):
         invoke(Step.CREATE, "arn:aws:secretsmanager:us-east-1:123456789012:secret:x", str(uuid.uuid4()))
+
+
+def test_alternating_users_never_reset_an_administrative_alternate(sm, user_secret, pg, cluster):
+    """A role named like the clone but holding administrative attributes is not the clone to reset."""
+    arn, original = user_secret(ALTERNATING)
+    clone = psycopg.sql.Identifier(f"{original['username']}_clone")
+    with psycopg.connect(**pg.superuser_conninfo(), autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD NULL").format(clone))
+    with pytest.raises(PrivilegeError, match="it is an administrative role"):
+        rotate(sm, arn)
+    assert current(sm, arn) == original
+    assert can_login(original)
