@@ -120,6 +120,10 @@ class DatabaseCredentials:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def same_database(self, other: DatabaseCredentials) -> bool:
+        """Whether both logins go to the same server and database (the usernames may differ)."""
+        return (self.host, self.port, self.dbname) == (other.host, other.port, other.dbname)
+
     @classmethod
     def from_secret(cls, document: Mapping[str, Any], source: str) -> DatabaseCredentials:
         """Validate a full RDS-format user secret."""

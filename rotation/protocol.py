@@ -92,7 +92,7 @@ def _refuse_foreign_admin(admin_document: dict[str, Any], user: DatabaseCredenti
 
 def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCredentials, arn: str) -> None:
     """createSecret copies AWSCURRENT; a pending version aimed elsewhere was not written by us."""
-    if (pending.host, pending.port, pending.dbname) != (current.host, current.port, current.dbname):
+    if not pending.same_database(current):
         raise RotationStateError(
             f"AWSPENDING of secret {arn} points at {pending.address}/{pending.dbname} but AWSCURRENT at "
             f"{current.address}/{current.dbname}; refusing to set a password on a different database"
@@ -102,10 +102,6 @@ def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCr
             f"AWSPENDING of secret {arn} connects with sslmode={pending.sslmode} but AWSCURRENT with "
             f"sslmode={current.sslmode}; refusing a pending version that changes how the password travels"
         )
-
-
-def _same_login_target(a: DatabaseCredentials, b: DatabaseCredentials) -> bool:
-    return (a.host, a.port, a.dbname, a.username) == (b.host, b.port, b.dbname, b.username)
 
 
 class SingleUser:
@@ -134,7 +130,7 @@ class SingleUser:
                 return ALREADY_SET, False
             previous = self._previous(reads)
             # An older version aimed at another server or user is no key to this one.
-            if previous is not None and _same_login_target(previous, current):
+            if previous is not None and previous.same_database(current) and previous.username == current.username:
                 try:
                     db.change_own_password(previous, pending.password)
                     return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials", True

@@ -221,7 +221,7 @@ class Repair:
                           "the same database; not tried", pending.username)
         # createSecret copies AWSCURRENT and changes only the username (alternating) and the password: anything
         # else was not written by a rotation, and promoting it could point the application at another server.
-        same_target = (pending.host, pending.port, pending.dbname) == (current.host, current.port, current.dbname)
+        same_target = pending.same_database(current)
         # The user and its alternate, built without toggle_clone's length check: a single-user name of 58 to 63
         # bytes has no valid alternate, and must not abort the analysis.
         original = original_role(current.username)

@@ -236,7 +236,7 @@ class Bootstrapper:
             raise BootstrapError(f"{refused}; AWSPENDING holds no value yet; {what_to_do}") from exc
         except SecretFormatError as exc:
             raise BootstrapError(f"{refused}; {exc}; {what_to_do}") from exc
-        same_target = (pending.host, pending.port, pending.dbname) == (current.host, current.port, current.dbname)
+        same_target = pending.same_database(current)
         if not same_target or pending.username not in (request.username, request.clone):
             raise BootstrapError(f"{refused}; AWSPENDING is for {pending.username!r} at {pending.address}/"
                                  f"{pending.dbname}, not this login; {what_to_do}")
