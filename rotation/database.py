@@ -96,7 +96,7 @@ class PostgresDatabase:
         #: Connection attempts made by this adapter; the benchmark reads it.
         self.connection_attempts = 0
 
-    def connect_params(self, creds: DatabaseCredentials) -> dict[str, object]:
+    def connect_params(self, creds: DatabaseCredentials, *, read_write: bool = False) -> dict[str, object]:
         params: dict[str, object] = {
             "host": creds.host,
             "port": creds.port,
@@ -113,15 +113,19 @@ class PostgresDatabase:
         if creds.sslmode in {"verify-ca", "verify-full"}:
             # "system" is libpq's (16+) name for the platform trust store; never a hard-coded path.
             params["sslrootcert"] = self._ssl_root_cert or "system"
+        if read_write:
+            # A read-only login (default_transaction_read_only = on, as the bootstrap may set) still changes its
+            # own password; set in the startup packet, this costs no round trip of its own.
+            params["options"] = "-c default_transaction_read_only=off"
         return params
 
     @contextmanager
-    def connect(self, creds: DatabaseCredentials) -> Iterator[psycopg.Connection]:
+    def connect(self, creds: DatabaseCredentials, *, read_write: bool = False) -> Iterator[psycopg.Connection]:
         self.connection_attempts += 1
         if creds.sslmode == "disable":
             logger.warning(f'connecting to {creds.address} without TLS because the secret says "ssl": false')
         try:
-            conn = psycopg.connect(**self.connect_params(creds), autocommit=True)
+            conn = psycopg.connect(**self.connect_params(creds, read_write=read_write), autocommit=True)
         except psycopg.OperationalError as exc:
             raise classify_connect_error(exc, creds, self._timeout) from exc
         try:
@@ -141,17 +145,13 @@ class PostgresDatabase:
             return False
 
     def change_own_password(self, creds: DatabaseCredentials, new_password: str) -> None:
-        with self.connect(creds) as conn:
-            # A read-only login (default_transaction_read_only = on, as the bootstrap sets) may still change
-            # its own password; ALTER ROLE is refused in a read-only transaction.
-            conn.execute("SET default_transaction_read_only = off")
+        with self.connect(creds, read_write=True) as conn:
             _alter_password(conn, creds.username, new_password)
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
         with self.connect(admin) as conn:
-            if not _role_exists(conn, username):
+            if _existing_target(conn, username, admin) is None:
                 raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
-            _refuse_administrative_target(conn, username, admin)
             _alter_password(conn, username, new_password)
 
     def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
@@ -161,9 +161,7 @@ class PostgresDatabase:
             # role or a complete one, and the retry takes the same path again.
             role = sql.Identifier(username)
             verifier = sql.Literal(scram_verifier(conn, username, new_password))
-            created = not _role_exists(conn, username)
-            if not created:
-                _refuse_administrative_target(conn, username, admin)
+            created = _existing_target(conn, username, admin) is None
             if created:
                 conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
             else:
@@ -207,20 +205,26 @@ def _diag(exc: psycopg.Error) -> str:
     return " ".join(parts)
 
 
-def _role_exists(conn: psycopg.Connection, username: str) -> bool:
+def role_exists(conn: psycopg.Connection, username: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone() is not None
 
 
-def _refuse_administrative_target(conn: psycopg.Connection, username: str, admin: DatabaseCredentials) -> None:
-    """The admin secret changes application users' passwords, never an administrator's: a user secret edited
-    to name one would otherwise hand that role's new password to whoever can read the user secret."""
-    privileged = conn.execute(
+def _existing_target(conn: psycopg.Connection, username: str, admin: DatabaseCredentials) -> str | None:
+    """``username`` if the role exists (None if not), refusing an administrative one.
+
+    The admin secret changes application users' passwords, never an administrator's: a user secret edited
+    to name one would otherwise hand that role's new password to whoever can read the user secret.
+    """
+    row = conn.execute(
         "SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
         (username,),
-    ).fetchone()[0]
-    if privileged or username == admin.username:
+    ).fetchone()
+    if row is None:
+        return None
+    if row[0] or username == admin.username:
         raise PrivilegeError(f"refusing to set the password of {username!r} with the admin secret: it is an "
                              "administrative role (superuser, CREATEROLE, REPLICATION or BYPASSRLS)")
+    return username
 
 
 def _alter_password(conn: psycopg.Connection, username: str, new_password: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from rotation.database import _role_exists as role_exists
+from rotation.database import role_exists
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
 from rotation.local.aurora import login_accepted, secret_conninfo, setup_aurora_like

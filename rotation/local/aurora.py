@@ -90,7 +90,7 @@ def setup_aurora_like(server: PostgresServer, *, master: str = "master_user", db
     psycopg = _psycopg()
     sql = psycopg.sql
     # On use, like psycopg: the rotation function's own helpers (the verifier is computed client-side).
-    from rotation.database import _role_exists, scram_verifier
+    from rotation.database import role_exists, scram_verifier
 
     password = secrets.token_urlsafe(24)
 
@@ -98,13 +98,13 @@ def setup_aurora_like(server: PostgresServer, *, master: str = "master_user", db
         # Aurora's rds_superuser and rds_password group roles, so policies and tests can refer to them. On
         # Aurora rds_superuser can signal other non-superusers' backends; pg_signal_backend is that right.
         for group in ("rds_superuser", "rds_password"):
-            if not _role_exists(conn, group):
+            if not role_exists(conn, group):
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(group)))
         conn.execute("GRANT pg_signal_backend TO rds_superuser")
         conn.execute("GRANT rds_password TO rds_superuser WITH ADMIN OPTION")
 
         verifier = sql.Literal(scram_verifier(conn, master, password))
-        if _role_exists(conn, master):
+        if role_exists(conn, master):
             conn.execute(
                 sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER CREATEROLE CREATEDB PASSWORD {}").format(
                     sql.Identifier(master), verifier
