@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 from rotation.exceptions import RotationError
-from rotation.observability import logs_to_stderr
 
 #: name -> module. Modules are imported when the parser is built: `--help` must list every command.
 COMMANDS = {
@@ -48,8 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Machine-readable modes keep stdout for their one JSON document.
-    quiet_stdout = logs_to_stderr() if getattr(args, "json", False) else contextlib.nullcontext()
+    quiet_stdout = contextlib.nullcontext()
+    if getattr(args, "json", False):
+        # Machine-readable modes keep stdout for their one JSON document. Imported here: the logger must be
+        # built after `invoke` has set the function's environment, and `--help` need not build it at all.
+        from rotation.observability import logs_to_stderr
+
+        quiet_stdout = logs_to_stderr()
     try:
         with quiet_stdout:
             return args.handler(args)
