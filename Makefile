@@ -68,8 +68,8 @@ lambda-artifact:
 		$(addprefix --platform ,$(LAMBDA_PLATFORMS)) --implementation cp \
 		--python-version $(LAMBDA_PYTHON_VERSION) --only-binary=:all: \
 		--upgrade --target "$(ART)" $(LAMBDA_REQUIREMENTS)
-	@# The package itself, without caches or tests. rotation/local/ (demo/test tooling) is shipped:
-	@# it is small and only imported lazily by the CLI, never by the handlers.
+	@# The runtime package alone, without caches: rotation_tools/ (the CLI, the demo, the local test
+	@# infrastructure) never runs in Lambda and stays out of the artifact and its attack surface.
 	rm -rf "$(ART)/rotation"
 	cd "$(ROOT)" && find rotation -type f -name '*.py' \
 		-not -path '*/__pycache__/*' -not -path '*/tests/*' \

@@ -32,8 +32,8 @@ from bench_machine import describe_machine, load_average
 from bench_report import comparison, render
 from bench_rotations import measure_throughput, measure_variant
 
-from rotation.local import LocalToolError
-from rotation.local.postgres import cleanup_on_sigterm
+from rotation_tools.local import LocalToolError
+from rotation_tools.local.postgres import cleanup_on_sigterm
 
 DEFAULT_JSON_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 SCHEMA_VERSION = 1

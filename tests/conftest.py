@@ -14,9 +14,9 @@ from typing import Any
 import helpers
 import pytest
 
-from rotation.local.aurora import create_app_role, setup_aurora_like
-from rotation.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
-from rotation.local.secretsmanager import LocalSecretsManager, routing_variables
+from rotation_tools.local.aurora import create_app_role, setup_aurora_like
+from rotation_tools.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
+from rotation_tools.local.secretsmanager import LocalSecretsManager, routing_variables
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from rotation.local.aurora import login_accepted, secret_conninfo
+from rotation_tools.local.aurora import login_accepted, secret_conninfo
 
 
 def connect(secret: Mapping[str, Any], **overrides: Any) -> psycopg.Connection[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from rotation import handler
 from rotation.events import Step
-from rotation.local.secretsmanager import LocalSecretsManager
+from rotation_tools.local.secretsmanager import LocalSecretsManager
 
 ALL_STEPS = tuple(Step)
 

@@ -36,9 +36,9 @@ from rotation.exceptions import (
     SecretsManagerError,
     SecretsManagerUnreachable,
 )
-from rotation.local.aurora import setup_aurora_like
-from rotation.local.lambda_context import LambdaContext
-from rotation.local.postgres import PostgresServer
+from rotation_tools.local.aurora import setup_aurora_like
+from rotation_tools.local.lambda_context import LambdaContext
+from rotation_tools.local.postgres import PostgresServer
 from rotation.secrets_store import secrets_manager_client
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"

@@ -20,7 +20,7 @@ import pytest
 
 from rotation import cfn
 from rotation.exceptions import BootstrapError, InvalidEventError
-from rotation.local.lambda_context import LambdaContext
+from rotation_tools.local.lambda_context import LambdaContext
 
 
 @dataclass

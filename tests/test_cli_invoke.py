@@ -1,6 +1,6 @@
 """`rotation invoke`: the handlers run in-process with the sample events, as `sam local invoke` would run them.
 
-The event files are driven through the real command line (``python -m rotation invoke`` in a subprocess, so the
+The event files are driven through the real command line (``python -m rotation_tools invoke`` in a subprocess, so the
 environment handling is the one a user gets) against real PostgreSQL and the moto server; only the SecretId
 and token are rewritten, to point at a secret made for the test.
 """
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from helpers import assert_refused_insert, can_login, select_titles
 
-from rotation.cli import main
-from rotation.local.lambda_context import LambdaContext
-from rotation.local.template_env import (
+from rotation_tools.cli import main
+from rotation_tools.local.lambda_context import LambdaContext
+from rotation_tools.local.template_env import (
     CloudFormationLoader,
     FunctionConfig,
     function_config,
@@ -39,7 +39,7 @@ SINGLE, ALTERNATING = "single-user", "alternating-users"
 
 def invoke_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rotation", "invoke", *argv],
+        [sys.executable, "-m", "rotation_tools", "invoke", *argv],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -1,6 +1,6 @@
 """`rotation rotate`: "rotate immediately" played locally, against real PostgreSQL and the moto server.
 
-The command runs in this process (``rotation.cli.main``) with the environment the fixtures point at moto; each
+The command runs in this process (``rotation_tools.cli.main``) with the environment the fixtures point at moto; each
 scenario checks what a user cares about: which credentials log in afterwards, where the staging labels are,
 and what the command said.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from helpers import assert_refused_insert, can_login
 
-from rotation.cli import main
-from rotation.commands.rotate import explain_failure
+from rotation_tools.cli import main
+from rotation_tools.commands.rotate import explain_failure
 from rotation.config import Settings
 from rotation.events import Step
 from rotation.handler import build_database
-from rotation.local.driver import StepResult, rotate_now
+from rotation_tools.local.driver import StepResult, rotate_now
 from rotation.secrets_store import SecretsManagerStore
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"

@@ -25,9 +25,9 @@ import boto3
 import psycopg
 import pytest
 
-from rotation.cli import main
-from rotation.commands.demo import wants_colour
-from rotation.demo import MASK, READER, READER_CLONE
+from rotation_tools.cli import main
+from rotation_tools.commands.demo import wants_colour
+from rotation_tools.demo import MASK, READER, READER_CLONE
 
 #: Figures the summary promises (README, issue 5): step timings and counts.
 EXPECTED_FIGURES = (
@@ -88,12 +88,12 @@ def assert_nothing_left(tmpdir: Path) -> None:
 
 @pytest.fixture
 def demo_process(tmp_path: Path) -> Iterator[Any]:
-    """Factory: start ``python -m rotation demo ARGS`` in the background; killed if a test leaves it running."""
+    """Factory: start ``python -m rotation_tools demo ARGS`` in the background; killed if a test leaves it running."""
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rotation", "demo", *args],
+            [sys.executable, "-m", "rotation_tools", "demo", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
             env=demo_env(tmp_path / "tmp"),
         )
@@ -163,7 +163,7 @@ def test_the_story_as_a_command_exits_0_and_leaves_nothing_behind(tmp_path: Path
     tmpdir = tmp_path / "tmp"
 
     result = subprocess.run(
-        [sys.executable, "-m", "rotation", "demo"], capture_output=True, text=True, encoding="utf-8",
+        [sys.executable, "-m", "rotation_tools", "demo"], capture_output=True, text=True, encoding="utf-8",
         env=demo_env(tmpdir), timeout=STORY_TIMEOUT, check=False,
     )
 

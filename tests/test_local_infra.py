@@ -16,10 +16,10 @@ from botocore.exceptions import ClientError
 from helpers import assert_refused_insert, can_login, connect, select_titles
 
 from rotation.exceptions import RotationError
-from rotation.local import LocalToolError
-from rotation.local.aurora import setup_aurora_like
-from rotation.local.postgres import PostgresServer, find_bindir, has_ssl_support, start_postgres, wheel_bindir
-from rotation.local.secretsmanager import PREVIOUS_ROTATION_INCOMPLETE, LocalSecretsManager
+from rotation_tools.local import LocalToolError
+from rotation_tools.local.aurora import setup_aurora_like
+from rotation_tools.local.postgres import PostgresServer, find_bindir, has_ssl_support, start_postgres, wheel_bindir
+from rotation_tools.local.secretsmanager import PREVIOUS_ROTATION_INCOMPLETE, LocalSecretsManager
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
 

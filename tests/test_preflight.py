@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from helpers import connect
 
-from rotation.cli import main
+from rotation_tools.cli import main
 from rotation.database import scram_verifier
 from rotation.handler import rotate
-from rotation.local.lambda_context import LambdaContext
+from rotation_tools.local.lambda_context import LambdaContext
 from rotation.preflight import REPORT_BUDGET_S, Finding, Preflight, PreflightReport, Status, diagnose
 
 #: What the issue promises: the report is back within this, whatever does not answer.
@@ -302,7 +302,7 @@ def test_the_deadline_holds_even_when_a_check_outlives_its_own_timeout(ports, ma
 
 @pytest.fixture
 def tls_cluster(pg_tls) -> dict[str, Any]:
-    from rotation.local.aurora import setup_aurora_like
+    from rotation_tools.local.aurora import setup_aurora_like
 
     return setup_aurora_like(pg_tls)
 
@@ -317,7 +317,7 @@ def tls_cluster(pg_tls) -> dict[str, Any]:
 )
 def test_tls_handshake_and_certificate(sslmode, trust_server_ca, tls_status, login_status, detail_words, pg_tls,
                                        tls_cluster, store_secret, monkeypatch):
-    from rotation.local.aurora import create_app_role
+    from rotation_tools.local.aurora import create_app_role
 
     user = create_app_role(pg_tls, tls_cluster, f"app_{uuid.uuid4().hex[:8]}")
     if trust_server_ca:
@@ -337,7 +337,7 @@ def test_tls_handshake_and_certificate(sslmode, trust_server_ca, tls_status, log
 def test_before_postgresql_16_createrole_alone_may_alter_roles(pg_tls, tls_cluster, store_secret, monkeypatch):
     if pg_tls.version >= 16:
         pytest.skip(f"needs a PostgreSQL older than 16; the TLS server is {pg_tls.version}")
-    from rotation.local.aurora import create_app_role
+    from rotation_tools.local.aurora import create_app_role
 
     monkeypatch.setenv("PGSSLROOTCERT", str(pg_tls.ca_file))
     user = create_app_role(pg_tls, tls_cluster, f"app_{uuid.uuid4().hex[:8]}")

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from helpers import can_login, connect
 
-from rotation.cli import main
+from rotation_tools.cli import main
 from rotation.database import scram_verifier
 from rotation.exceptions import RotationStateError
 from rotation.handler import rotate
-from rotation.local.lambda_context import LambdaContext
-from rotation.local.secretsmanager import LocalSecretsManager
-from rotation.repair import Action, Login, Repair, analyze
+from rotation_tools.local.lambda_context import LambdaContext
+from rotation_tools.local.secretsmanager import LocalSecretsManager
+from rotation_tools.repair import Action, Login, Repair, analyze
 
 CONTEXT = LambdaContext("rotation-repair-test", timeout_seconds=30)
 ALL_STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")

@@ -34,7 +34,7 @@ from rotation.exceptions import (
     SecretsManagerUnreachable,
     TLSError,
 )
-from rotation.local.postgres import _make_certificates
+from rotation_tools.local.postgres import _make_certificates
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 
@@ -352,7 +352,7 @@ def test_failures_are_logged_with_their_kind(sm, user_secret, capsys):
 
 @pytest.fixture
 def tls_user_secret(pg_tls, store_secret):
-    from rotation.local.aurora import create_app_role, setup_aurora_like
+    from rotation_tools.local.aurora import create_app_role, setup_aurora_like
 
     master = setup_aurora_like(pg_tls, master=f"m_{uuid.uuid4().hex[:6]}", dbname=f"db_{uuid.uuid4().hex[:6]}")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rotation.exceptions import ConfigurationError, LocalToolError
-from rotation.local.lambda_context import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, PLACEHOLDER_ACCOUNT_ID
+from rotation_tools.local.lambda_context import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, PLACEHOLDER_ACCOUNT_ID
 
 FUNCTION_TYPES = frozenset({"AWS::Serverless::Function", "AWS::Lambda::Function"})
 #: Variables through which the user points boto3 at an endpoint (a moto server, a VPC endpoint). boto3 gives

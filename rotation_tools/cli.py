@@ -1,4 +1,4 @@
-"""The `rotation` command line (also `python -m rotation`).
+"""The `rotation` command line (also `python -m rotation_tools`).
 
 Each subcommand lives in its own module exposing ``HELP`` (one line), ``configure(parser)`` and
 ``run(args) -> int``; this file only wires them, so features stay small and independent.
@@ -16,11 +16,11 @@ from rotation.exceptions import RotationError
 
 #: name -> module. Modules are imported when the parser is built: `--help` must list every command.
 COMMANDS = {
-    "invoke": "rotation.commands.invoke",
-    "rotate": "rotation.commands.rotate",
-    "doctor": "rotation.commands.doctor",
-    "repair": "rotation.commands.repair",
-    "demo": "rotation.commands.demo",
+    "invoke": "rotation_tools.commands.invoke",
+    "rotate": "rotation_tools.commands.rotate",
+    "doctor": "rotation_tools.commands.doctor",
+    "repair": "rotation_tools.commands.repair",
+    "demo": "rotation_tools.commands.demo",
 }
 
 EXIT_OK = 0

@@ -26,7 +26,7 @@ HELP = 'rotate a secret now, in-process ("rotate immediately" played locally)'
 
 
 def _token(value: str) -> str:
-    from rotation.local.driver import check_token
+    from rotation_tools.local.driver import check_token
 
     try:
         return check_token(value)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from rotation.config import Settings
     from rotation.exceptions import RotationError
     from rotation.handler import build_database
-    from rotation.local.driver import rotate_now
+    from rotation_tools.local.driver import rotate_now
     from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 
     if not args.json:

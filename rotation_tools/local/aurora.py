@@ -15,8 +15,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rotation.local import LocalToolError
-from rotation.local.postgres import PostgresServer, running_server
+from rotation_tools.local import LocalToolError
+from rotation_tools.local.postgres import PostgresServer, running_server
 
 CLUSTER_IDENTIFIER = "demo-cluster"
 _MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated by the server

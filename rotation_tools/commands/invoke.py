@@ -89,15 +89,15 @@ def _load_event(path: str) -> Any:
 
 
 def _lambda_context(function_name: str, **config: Any):
-    from rotation.local.lambda_context import LambdaContext
+    from rotation_tools.local.lambda_context import LambdaContext
 
     return LambdaContext(function_name=function_name, **config)
 
 
 def _from_template(path: str, handler_path: str):
     from rotation.exceptions import ConfigurationError, LocalToolError
-    from rotation.local.lambda_context import local_region
-    from rotation.local.template_env import function_config, load_template, plan_environment
+    from rotation_tools.local.lambda_context import local_region
+    from rotation_tools.local.template_env import function_config, load_template, plan_environment
 
     try:
         config = function_config(load_template(path), handler_path, local_region())

@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotation.repair import Action, Repair
+    from rotation_tools.repair import Action, Repair
 
     repair = Repair.from_env()
     plan = repair.analyze(args.secret_id)
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(plan, result=None) -> str:
-    from rotation.repair import Action
+    from rotation_tools.repair import Action
 
     lines = [f"secret {plan.secret_arn}", f"rotation enabled: {'yes' if plan.rotation_enabled else 'no'}", "",
              "versions:"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rotation.local import LocalToolError
+from rotation_tools.local import LocalToolError
 
 SUPERUSER = "postgres"
 LOCALHOST = "127.0.0.1"

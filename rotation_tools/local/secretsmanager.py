@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
-from rotation.local import LocalToolError
+from rotation_tools.local import LocalToolError
 
 REGION = "us-east-1"
 DUMMY_CREDENTIAL = "testing"

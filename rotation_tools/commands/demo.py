@@ -65,9 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotation.demo import DemoOptions, run_demo
+    from rotation_tools.demo import DemoOptions, run_demo
     from rotation.exceptions import LocalToolError
-    from rotation.local.postgres import cleanup_on_sigterm
+    from rotation_tools.local.postgres import cleanup_on_sigterm
 
     cleanup_on_sigterm()  # `kill` must stop the servers and delete their directories, as Ctrl-C does
     view = _View(sys.stdout, colour=wants_colour(args, sys.stdout, os.environ), quiet=args.json)
@@ -116,7 +116,7 @@ def _connect_commands(resources) -> dict[str, str]:
 
     The user name comes from the secret too: after an alternating-users rotation AWSCURRENT may name the clone.
     """
-    from rotation.demo import DBNAME
+    from rotation_tools.demo import DBNAME
 
     env = (f"export AWS_ENDPOINT_URL_SECRETS_MANAGER={resources.endpoint_url} AWS_REGION={resources.region} "
            f"AWS_DEFAULT_REGION={resources.region} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "

@@ -1,5 +1,0 @@
-import sys
-
-from rotation.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""Subcommands of the `rotation` command line; see rotation/cli.py for the contract each module follows."""
