@@ -101,6 +101,26 @@ class PrivilegeError(DatabaseError):
     code = "PrivilegeError"
 
 
+class TransientDatabaseError(DatabaseError):
+    """The database was unavailable for a reason that passes (a failover, a connection storm) for longer than
+    the step may wait; Secrets Manager's retry of the rotation is expected to succeed."""
+
+    code = "TransientDatabaseError"
+
+
+class FailoverInProgress(TransientDatabaseError):
+    """Sessions terminated, connections refused while a writer starts, or writes refused by a just-demoted
+    writer, for the whole retry budget of the step."""
+
+    code = "FailoverInProgress"
+
+
+class TooManyConnections(TransientDatabaseError):
+    """The server's max_connections stayed reached (SQLSTATE 53300) for the whole retry budget of the step."""
+
+    code = "TooManyConnections"
+
+
 class VerificationError(DatabaseError):
     """testSecret logged in, but the session is not who or what the secret says it should be."""
 

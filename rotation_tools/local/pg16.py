@@ -31,30 +31,31 @@ KNOWN_WHEELS = {
     "pgserver-0.1.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl":
         "d595789b47624a3d963aa9aa6359da9be31beb7e61f1a45541953242068b8813",
 }
-_TREE = "pgserver/pginstall/"
-#: What the server needs at run time; headers (``include/``) are left in the wheel.
-_PARTS = ("bin/", "lib/", "share/")
+#: What the server needs at run time, at the wheel's own paths: the binaries find the vendored libpq through
+#: their RPATH ``$ORIGIN/../../../pgserver.libs``. Headers (``pginstall/include``) stay in the wheel.
+_PARTS = ("pgserver/pginstall/bin/", "pgserver/pginstall/lib/", "pgserver/pginstall/share/", "pgserver.libs/")
+_BIN = Path("pgserver", "pginstall", "bin")
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".pg16"
 
 
 def bindir(cache_dir: str | os.PathLike[str] = DEFAULT_CACHE) -> Path:
     """The ``bin`` directory of the unpacked PostgreSQL 16, downloading and unpacking it on first use."""
     cache = Path(cache_dir).expanduser().resolve()
-    target = cache / "pginstall"
-    if (target / "bin" / "postgres").is_file():
-        return target / "bin"
+    target = cache / REQUIREMENT.replace("==", "-")
+    if (target / _BIN / "postgres").is_file():
+        return target / _BIN
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pg16-", dir=cache) as scratch:
         wheel = _download(Path(scratch))
-        staging = Path(scratch) / "pginstall"
+        staging = Path(scratch) / "unpacked"
         _unpack(wheel, staging)
         # Renamed into place only once complete, so an interrupted run never leaves a half tree that looks ready.
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "bin" / "postgres").is_file():  # not a concurrent run that finished first
+            if not (target / _BIN / "postgres").is_file():  # not a concurrent run that finished first
                 raise
-    return target / "bin"
+    return target / _BIN
 
 
 def _download(directory: Path) -> Path:
@@ -81,14 +82,13 @@ def _download(directory: Path) -> Path:
 
 
 def _unpack(wheel: Path, destination: Path) -> None:
-    """Extract ``pgserver/pginstall/{bin,lib,share}`` with their permission bits (zipfile drops them)."""
+    """Extract the server's parts with their permission bits (zipfile drops them)."""
     root = destination.resolve()
     with zipfile.ZipFile(wheel) as archive:
         for info in archive.infolist():
-            relative = info.filename.removeprefix(_TREE)
-            if relative == info.filename or not relative.startswith(_PARTS) or info.is_dir():
+            if not info.filename.startswith(_PARTS) or info.is_dir():
                 continue
-            path = (root / relative).resolve()
+            path = (root / info.filename).resolve()
             if not path.is_relative_to(root):  # a crafted member name ("../") never escapes the cache
                 raise LocalToolError(f"{wheel.name} holds a member outside its tree: {info.filename!r}")
             path.parent.mkdir(parents=True, exist_ok=True)
