@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--secrets", type=_positive, default=200, help="secrets to rotate (default %(default)s)")
     parser.add_argument("--workers", type=_positive, default=16, help="concurrent worker processes (%(default)s)")
     parser.add_argument("--max-connections", type=_positive, default=20, help="the server's (%(default)s)")
-    parser.add_argument("--app-connections", type=_non_negative, default=6,
+    parser.add_argument("--app-connections", type=_non_negative, default=14,
                         help="idle sessions the cluster's applications hold throughout (%(default)s)")
     parser.add_argument("--service-retries", type=_non_negative, default=5,
                         help="times the service retries a failed rotation (%(default)s)")
@@ -114,7 +114,7 @@ class RotationRecord:
 def _worker_init(env: dict[str, str]) -> None:
     os.environ.update(env)
     # The handler logs a JSON line and an EMF document per invocation; thousands of them would bury the figures.
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker process
+    sys.stdout = open(os.devnull, "w")  # for the life of the worker process
 
 
 def _rotate_like_the_service(arn: str, token: str, service_retries: int, retry_pause: float) -> RotationRecord:
@@ -136,7 +136,7 @@ def _rotate_like_the_service(arn: str, token: str, service_retries: int, retry_p
                     raise
         except RotationError:
             if attempt < service_retries:
-                time.sleep(random.uniform(0, retry_pause))  # noqa: S311 - spreading retries, not security
+                time.sleep(random.uniform(0, retry_pause))  # spreads retries; not security-relevant
             continue
         record.succeeded = True
         break

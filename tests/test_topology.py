@@ -22,6 +22,8 @@ import pytest
 from rotation.transient import Transient, classify
 from rotation_tools.local.topology import Endpoint, Topology, in_recovery, start_topology
 
+pytestmark = pytest.mark.database
+
 
 def transient_kind(exc: psycopg.Error, *, writes: bool) -> Transient | None:
     return classify(exc.sqlstate, str(exc), writes=writes)
