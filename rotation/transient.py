@@ -52,7 +52,9 @@ _FAILOVER_SQLSTATES = frozenset({
 _READ_ONLY_SQLSTATE = "25006"
 _TOO_MANY_SQLSTATE = "53300"
 
-# libpq and the server before a session exists: no SQLSTATE reaches the client, only these words.
+# libpq and the server before a session exists: no SQLSTATE reaches the client, only these words. A refused TCP
+# connection is not among them: a wrong port or a stopped server gives the same, and the operator is owed a fast
+# "cannot reach host:port" (the service's own retry of the rotation covers an instance that is rebooting).
 _FAILOVER_MESSAGES = (
     "the database system is starting up",
     "the database system is shutting down",
@@ -61,7 +63,6 @@ _FAILOVER_MESSAGES = (
     "the database system is not accepting connections",
     "terminating connection due to administrator command",
     "server closed the connection unexpectedly",
-    "connection refused",
     "connection reset by peer",
     "ssl connection has been closed unexpectedly",
     "ssl syscall error: eof detected",

@@ -31,7 +31,7 @@ FAILOVER, TOO_MANY = Transient.FAILOVER, Transient.TOO_MANY_CONNECTIONS
         (None, "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally",
          False, FAILOVER),
         (None, "consuming input failed: server closed the connection unexpectedly", False, FAILOVER),
-        (None, 'connection to server at "127.0.0.1", port 5432 failed: Connection refused', False, FAILOVER),
+        (None, 'connection to server at "127.0.0.1", port 5432 failed: Connection refused', False, None),
         ("08006", "connection failure", False, FAILOVER),
         ("08001", "could not connect", False, FAILOVER),
         ("25006", "cannot execute ALTER ROLE in a read-only transaction", True, FAILOVER),
@@ -53,7 +53,7 @@ FAILOVER, TOO_MANY = Transient.FAILOVER, Transient.TOO_MANY_CONNECTIONS
     ids=[
         "admin-shutdown", "crash-shutdown", "cannot-connect-now", "starting-up-libpq-words", "shutting-down",
         "in-recovery", "not-yet-accepting", "server-closed-connection", "consuming-input-failed",
-        "connection-refused", "08006", "08001", "read-only-on-write", "read-only-on-read-is-not-transient",
+        "connection-refused-fails-fast", "08006", "08001", "read-only-on-write", "read-only-on-read-is-not-transient",
         "read-only-create-role", "53300", "too-many-clients-words", "reserved-slots", "role-connection-limit",
         "wrong-password", "insufficient-privilege", "28P01", "connect-timeout-is-not-retried", "dns-failure",
         "tls-failure", "no-such-database",
