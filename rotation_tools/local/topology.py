@@ -385,8 +385,13 @@ class Topology:
 
     # ---- failover, in the pieces a test may want to interleave with a rotation
 
-    def stop_writer(self, mode: str = "immediate") -> None:
-        """The writer goes away: its sessions end (57P01 for a fast stop; a dropped socket for immediate)."""
+    def stop_writer(self, mode: str = "fast") -> None:
+        """The writer goes away: its sessions end (57P01 for a fast stop; a dropped socket for immediate).
+
+        ``fast`` (the default) is Aurora's guarantee: its storage is shared, so nothing committed is lost in a
+        failover; a fast shutdown waits until the standby has received all WAL, including the last commits.
+        ``immediate`` is a crash, after which the standby may lack the writer's last transactions.
+        """
         self.writer.stop(mode=mode)
         self.cluster_endpoint.drop_connections()
 
@@ -407,7 +412,7 @@ class Topology:
         self.cluster_endpoint.repoint((new.host, new.port))
         self.reader_endpoint.repoint((new.host, new.port))
 
-    def failover(self, *, stop_mode: str = "immediate",
+    def failover(self, *, stop_mode: str = "fast",
                  between: Callable[[], None] | None = None) -> None:
         """Aurora's failover: the writer stops, the reader is promoted, the endpoints follow.
 
