@@ -12,6 +12,7 @@ from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.events import PreflightEvent, RotationEvent, Step
 from rotation.exceptions import ConfigurationError, InvalidEventError, SecretFormatError
 from rotation.passwords import DEFAULT_EXCLUDE_CHARACTERS, PUNCTUATION, PasswordPolicy
+from rotation.topology import Endpoint
 
 SECRET_PASSWORD = "pw-that-must-never-leak-7Qz"
 VALID_SECRET = {
@@ -155,10 +156,32 @@ def test_repr_and_str_never_show_the_password():
     assert SECRET_PASSWORD not in f"{creds!r} {[creds]}"
 
 
-def test_managed_admin_secret_takes_connection_details_from_the_user_secret():
-    user = parse({**VALID_SECRET, "ssl": "require"})
-    admin = DatabaseCredentials.admin_from_secret({"username": "master", "password": "x"}, "admin", fallback=user)
-    assert (admin.host, admin.port, admin.dbname, admin.sslmode) == (user.host, user.port, "appdb", "require")
+@pytest.mark.parametrize(
+    ("admin_document", "location"),
+    [
+        pytest.param({"username": "m", "password": "x"}, (None, "verify-full"), id="rds-managed-names-no-server"),
+        pytest.param({"username": "m", "password": "x", "host": "Admin.Example."}, (Endpoint("admin.example", 5432),
+                     "verify-full"), id="console-format-without-ssl-is-verify-full"),
+        pytest.param({"username": "m", "password": "x", "host": "a", "port": "6432", "ssl": "require"},
+                     (Endpoint("a", 6432), "require"), id="own-port-and-ssl"),
+    ],
+)
+def test_an_admin_secret_names_its_own_server_or_none(admin_document, location):
+    assert DatabaseCredentials.admin_location(admin_document, "admin") == location
+
+
+def test_the_admin_login_never_takes_the_user_secrets_server_or_tls():
+    user = parse({**VALID_SECRET, "ssl": False, "host": "decoy.example", "port": 6543})
+    admin = DatabaseCredentials.admin_from_secret({"username": "master", "password": "x"}, "admin",
+                                                  endpoint=Endpoint("db.example", 5432), sslmode="verify-full",
+                                                  dbname=user.dbname)
+    assert (admin.host, admin.port, admin.dbname, admin.sslmode) == ("db.example", 5432, "appdb", "verify-full")
+
+
+@pytest.mark.parametrize("host", ["db1,db2", "db1, db2", "db 1"])
+def test_a_host_list_is_refused(host):
+    with pytest.raises(SecretFormatError, match="one host name or address, not a list"):
+        parse({**VALID_SECRET, "host": host})
 
 
 # --- settings -------------------------------------------------------------------------------------------

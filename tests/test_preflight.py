@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from helpers import connect
 
-from rotation_tools.cli import main
 from rotation.database import scram_verifier
 from rotation.handler import rotate
-from rotation_tools.local.lambda_context import LambdaContext
 from rotation.preflight import REPORT_BUDGET_S, Finding, Preflight, PreflightReport, Status, diagnose
+from rotation_tools.cli import main
+from rotation_tools.local.lambda_context import LambdaContext
 
 #: What the issue promises: the report is back within this, whatever does not answer.
 PROMISED_SECONDS = 10
