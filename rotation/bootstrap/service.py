@@ -13,8 +13,8 @@ from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
 from rotation.config import Settings, StrategyName
 from rotation.credentials import DEFAULT_DBNAME, DEFAULT_PORT, MAX_IDENTIFIER_BYTES, DatabaseCredentials
 from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
-from rotation.policy import pending_mismatch
 from rotation.observability import annotate, logger
+from rotation.policy import pending_mismatch
 from rotation.secrets_store import secrets_manager_client
 
 if TYPE_CHECKING:
