@@ -26,7 +26,7 @@ from typing import Any
 
 from rotation.config import Settings
 from rotation.credentials import DatabaseCredentials
-from rotation.exceptions import AdminEndpointUnknown, ForeignEndpoint
+from rotation.exceptions import AdminEndpointUnknown, ForeignEndpoint, RdsApiError
 from rotation.ports import ClusterDirectory
 from rotation.topology import AuroraName, ClusterTopology, Endpoint
 
@@ -135,7 +135,14 @@ def require_same_cluster(user: DatabaseCredentials, admin: AdminServer, director
             "whose other endpoints the RDS API could list; refusing to act for a secret aimed at another server "
             "(point the secret at the admin's endpoint, or give the admin secret its dbClusterIdentifier)"
         )
-    topology = admin.topology or directory().cluster(cluster)
+    try:
+        topology = admin.topology or directory().cluster(cluster)
+    except RdsApiError as exc:
+        raise ForeignEndpoint(
+            f"{what} points at {user.endpoint}, not at the admin's {admin.describe()}, and the RDS API could not "
+            f"list the endpoints of cluster {cluster} to prove it is another of them ({exc}); refusing to act for "
+            "a secret aimed at another server"
+        ) from exc
     if admin.endpoint not in topology:
         raise ForeignEndpoint(f"the admin's endpoint {admin.endpoint} is not an endpoint of cluster "
                               f"{topology.identifier} as the RDS API lists it; check the admin secret")
