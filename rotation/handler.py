@@ -24,9 +24,9 @@ def build_database(settings: Settings):
 
 def build_directory():
     # Deferred: only an admin secret without a host (RDS-managed) or an endpoint outside the admin's needs it.
-    from rotation.rds_directory import RdsClusterDirectory, rds_client
+    from rotation.rds_directory import default_directory
 
-    return RdsClusterDirectory(rds_client())
+    return default_directory()
 
 
 def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -104,3 +104,8 @@ class RdsClusterDirectory:
         if not instances:
             raise RdsApiError(f"the RDS API knows no {what}")
         return _endpoint(instances[0].get("Endpoint"), what)
+
+
+def default_directory() -> RdsClusterDirectory:
+    """The container's RDS API directory, as the handlers and the preflight use it."""
+    return RdsClusterDirectory(rds_client())
