@@ -43,13 +43,16 @@ def test_rotation_event_parses_all_four_steps():
         pytest.param({k: v for k, v in VALID_EVENT.items() if k != "Step"}, "missing the key 'Step'", id="no-step"),
         pytest.param({**VALID_EVENT, "Step": "rotateSecret"}, "unknown Step 'rotateSecret'", id="unknown-step"),
         pytest.param({**VALID_EVENT, "SecretId": ""}, "'SecretId' must be a non-empty string", id="empty-secret"),
+        pytest.param({**VALID_EVENT, "SecretId": "A" * 100_000}, "'SecretId' is 100000 characters long",
+                     id="huge-secret-id-not-echoed"),
         pytest.param({**VALID_EVENT, "ClientRequestToken": 7}, "'ClientRequestToken' must be", id="token-number"),
         pytest.param({"Step": "setSecret", "SecretId": "x"}, "missing the key 'ClientRequestToken'", id="no-token"),
     ],
 )
 def test_bad_rotation_events_name_the_problem(event, message):
-    with pytest.raises(InvalidEventError, match=message):
+    with pytest.raises(InvalidEventError, match=message) as caught:
         RotationEvent.parse(event)
+    assert len(str(caught.value)) < 300, "the message never echoes an oversized value"
 
 
 @pytest.mark.parametrize(
@@ -195,6 +198,14 @@ def test_a_host_list_is_refused(host):
         pytest.param({"EXCLUDE_NUMBERS": "maybe"}, "EXCLUDE_NUMBERS must be true or false", id="bool"),
         pytest.param({"PGCONNECT_TIMEOUT": "1"}, "at least 2 seconds", id="timeout-too-short"),
         pytest.param({"PASSWORD_LENGTH": "3"}, "shorter than the 4 character types", id="length-below-types"),
+        pytest.param({"PASSWORD_LENGTH": "12"}, "fewer than 96", id="too-little-entropy"),
+        pytest.param({"PASSWORD_LENGTH": "28", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
+                      "EXCLUDE_LOWERCASE": "true"}, "93 bits", id="28-digits-are-too-few"),
+        pytest.param({"ADMIN_ENDPOINT": "a,b:5432"}, "ADMIN_ENDPOINT must be one host", id="admin-endpoint-list"),
+        pytest.param({"ADMIN_ENDPOINT": "db:99999"}, "port 1-65535", id="admin-endpoint-port"),
+        pytest.param({"ADMIN_SSLMODE": "prefer"}, "ADMIN_SSLMODE must be one of", id="admin-sslmode-prefer"),
+        pytest.param({"EXCLUDE_CHARACTERS": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                      "EXCLUDE_PUNCTUATION": "true"}, "excludes every character", id="nothing-left"),
         pytest.param(
             {"EXCLUDE_NUMBERS": "true", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
              "EXCLUDE_LOWERCASE": "true"},
@@ -206,6 +217,21 @@ def test_a_host_list_is_refused(host):
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "endpoint"),
+    [("db.example", Endpoint("db.example", 5432)), ("DB.example:6432", Endpoint("db.example", 6432)),
+     ("[::1]:5433", Endpoint("::1", 5433))],
+)
+def test_admin_endpoint_pin(raw, endpoint):
+    assert Settings.from_env({"ADMIN_ENDPOINT": raw}).admin_endpoint == endpoint
+
+
+def test_a_long_digits_only_password_is_strong_enough():
+    policy = Settings.from_env({"PASSWORD_LENGTH": "32", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
+                                "EXCLUDE_LOWERCASE": "true"}).password_policy
+    assert policy.generate().isdigit()
 
 
 def test_default_settings_match_aws_functions():
