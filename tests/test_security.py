@@ -19,7 +19,13 @@ from helpers import RecordingRelay, can_login
 from service import invoke, resume, rotate
 
 from rotation.events import Step
-from rotation.exceptions import AdminEndpointUnknown, AdministrativeRoleRefused, ForeignEndpoint, LoginRefused
+from rotation.exceptions import (
+    AdminEndpointUnknown,
+    AdministrativeRoleRefused,
+    AuthenticationMethodRejected,
+    ForeignEndpoint,
+    LoginRefused,
+)
 from rotation_tools.local.aurora import create_app_role, setup_aurora_like
 from rotation_tools.local.postgres import find_bindir, start_postgres
 
@@ -267,3 +273,28 @@ def test_pending_version_with_tls_off_is_never_set(sm, make_app_user, store_secr
         invoke(Step.SET, arn, token)
     assert can_login(original)
 
+
+
+# --- failures that are not about a password ---------------------------------------------------------------
+
+@pytest.fixture
+def ident_only_role(pg, make_app_user):
+    """A role that pg_hba.conf authenticates with ident (nothing answers on port 113 here), as rds_iam selects
+    PAM on Aurora: its password is correct and still never accepted."""
+    user = make_app_user()
+    hba = pg.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f'host all "{user["username"]}" 127.0.0.1/32 ident\n' + original)
+    as_superuser(pg, "SELECT pg_reload_conf()")
+    yield user
+    hba.write_text(original)
+    as_superuser(pg, "SELECT pg_reload_conf()")
+
+
+def test_a_non_password_authentication_failure_is_not_a_wrong_password(sm, ident_only_role, store_secret):
+    arn = store_secret(ident_only_role)
+    token = sm.stage_pending(arn)
+    invoke(Step.CREATE, arn, token)
+    with pytest.raises(AuthenticationMethodRejected, match="by ident authentication, not by a password"):
+        invoke(Step.SET, arn, token)
+    assert sm.value(arn, "AWSCURRENT") == ident_only_role
