@@ -56,6 +56,9 @@ def pg_tls() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def sm() -> Iterator[LocalSecretsManager]:
     with LocalSecretsManager() as manager:
+        # moto loads a service's backend on its first request, seconds on a busy machine: pay it here, not inside
+        # a test's own time limit.
+        manager.rds_client().describe_db_clusters()
         yield manager
 
 

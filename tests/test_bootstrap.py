@@ -36,10 +36,10 @@ from rotation.exceptions import (
     SecretsManagerError,
     SecretsManagerUnreachable,
 )
+from rotation.secrets_store import secrets_manager_client
 from rotation_tools.local.aurora import setup_aurora_like
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.postgres import PostgresServer
-from rotation.secrets_store import secrets_manager_client
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 INSERT = "INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)"

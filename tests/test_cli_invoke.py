@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from helpers import assert_refused_insert, can_login, select_titles
 
+from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 from rotation_tools.cli import main
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.template_env import (
@@ -28,7 +29,6 @@ from rotation_tools.local.template_env import (
     load_template,
     plan_environment,
 )
-from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"

@@ -14,6 +14,7 @@ from rotation.config import Settings, StrategyName
 from rotation.credentials import DEFAULT_DBNAME, DEFAULT_PORT, MAX_IDENTIFIER_BYTES, DatabaseCredentials
 from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
 from rotation.observability import annotate, logger
+from rotation.policy import pending_mismatch
 from rotation.secrets_store import secrets_manager_client
 
 if TYPE_CHECKING:
@@ -236,10 +237,9 @@ class Bootstrapper:
             raise BootstrapError(f"{refused}; AWSPENDING holds no value yet; {what_to_do}") from exc
         except SecretFormatError as exc:
             raise BootstrapError(f"{refused}; {exc}; {what_to_do}") from exc
-        same_target = pending.same_database(current)
-        if not same_target or pending.username not in (request.username, request.clone):
-            raise BootstrapError(f"{refused}; AWSPENDING is for {pending.username!r} at {pending.address}/"
-                                 f"{pending.dbname}, not this login; {what_to_do}")
+        problem = pending_mismatch(current, pending, {request.username, request.clone})
+        if problem:
+            raise BootstrapError(f"{refused}; AWSPENDING is not this login's ({problem}); {what_to_do}")
         try:
             with self._database.connect(pending) as conn:
                 check_login(conn, pending, request.group_role, read_only=request.read_only_transactions)
