@@ -8,7 +8,7 @@ libpq: statement logs, pg_stat_statements and audit extensions never see a plain
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import psycopg
@@ -106,9 +106,13 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
 
 
 class PostgresDatabase:
-    def __init__(self, connect_timeout: int = 5, ssl_root_cert: str | None = None) -> None:
+    def __init__(self, connect_timeout: int = 5, ssl_root_cert: str | None = None,
+                 host_addresses: Mapping[str, str] | None = None) -> None:
         self._timeout = connect_timeout
         self._ssl_root_cert = ssl_root_cert
+        # Host name -> IP address, passed to libpq as hostaddr so that `host` still serves the TLS name check.
+        # A seam for tests that give loopback servers Aurora-style names; production resolves names by DNS.
+        self._host_addresses = {name.lower(): address for name, address in (host_addresses or {}).items()}
         #: Connection attempts made by this adapter; the benchmark reads it.
         self.connection_attempts = 0
 
@@ -133,6 +137,9 @@ class PostgresDatabase:
             params["require_auth"] = "scram-sha-256"
             if creds.sslmode != "disable":
                 params["channel_binding"] = "require"
+        address = self._host_addresses.get(creds.host.lower())
+        if address is not None:
+            params["hostaddr"] = address
         if creds.sslmode in {"verify-ca", "verify-full"}:
             # "system" is libpq's (16+) name for the platform trust store; never a hard-coded path.
             params["sslrootcert"] = self._ssl_root_cert or "system"
