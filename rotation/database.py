@@ -7,9 +7,12 @@ libpq: statement logs, pg_stat_statements and audit extensions never see a plain
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -29,8 +32,12 @@ from rotation.exceptions import (
 )
 from rotation.observability import logger
 from rotation.policy import ADMINISTRATIVE_ATTRIBUTES, POWERFUL_ROLES
+from rotation.transient import Budget, Transient, classify, retry_transient
 
 APPLICATION_NAME = "secrets-rotation"
+#: How often testSecret on a reader tries again while the password change replicates.
+_REPLICA_POLL_S = 0.2
+T = TypeVar("T")
 _TLS_MARKERS = ("ssl", "certificate", "tls")
 _UNREACHABLE_MARKERS = {
     "timeout expired": "no answer within {timeout} s: check the security groups, subnets and route tables",
@@ -105,11 +112,28 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
     return DatabaseError(f"could not connect as {who}: {_server_reason(exc, creds)}")
 
 
+def transient_kind(failure: BaseException, *, writes: bool) -> Transient | None:
+    """Whether a failure (ours, raised from psycopg's) is one a failover or a connection storm explains."""
+    cause: BaseException | None = failure
+    while cause is not None and not isinstance(cause, psycopg.Error):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    return classify(cause.sqlstate, str(cause), writes=writes)
+
+
 class PostgresDatabase:
+    """Every method is idempotent and retried, as a whole (connection and statements), on transient failures
+    (rotation.transient) while ``retry_budget_s`` lasts; the budget is shared by all calls on one instance, which
+    the handler builds per invocation. 0 (the default, for the local tools and the preflight) means one attempt."""
+
     def __init__(self, connect_timeout: int = 5, ssl_root_cert: str | None = None,
-                 host_addresses: Mapping[str, str] | None = None) -> None:
+                 host_addresses: Mapping[str, str] | None = None, retry_budget_s: float = 0.0) -> None:
         self._timeout = connect_timeout
         self._ssl_root_cert = ssl_root_cert
+        self._budget = Budget(retry_budget_s)
+        #: Transient failures ridden out by this adapter; the storm benchmark and the logs read it.
+        self.transient_retries = 0
         # Host name -> IP address, passed to libpq as hostaddr so that `host` still serves the TLS name check.
         # A seam for tests that give loopback servers Aurora-style names; production resolves names by DNS.
         self._host_addresses = {name.lower(): address for name, address in (host_addresses or {}).items()}
@@ -169,46 +193,90 @@ class PostgresDatabase:
         finally:
             conn.close()
 
+    def _retrying(self, operation: Callable[[], T], creds: DatabaseCredentials, what: str, *, writes: bool) -> T:
+        described = f"{what} as user {creds.username!r} at {creds.address}"
+
+        def on_retry(kind: Transient, delay: float, failure: BaseException) -> None:
+            self.transient_retries += 1
+            # The kind and our own error code only: the failure's text is the server's, and it is not needed here.
+            logger.warning(f"transient failure ({kind.value}, {type(failure).__name__}) trying to {described}; "
+                           f"retrying in {delay:.2f} s")
+
+        return retry_transient(operation, classify_failure=functools.partial(transient_kind, writes=writes),
+                               budget=self._budget, what=f"could not {described}", on_retry=on_retry)
+
     def can_login(self, creds: DatabaseCredentials) -> bool:
-        try:
-            with self.connect(creds):
-                return True
-        except LoginRefused:
-            return False
+        def attempt() -> bool:
+            try:
+                with self.connect(creds):
+                    return True
+            except LoginRefused:
+                return False
+
+        return self._retrying(attempt, creds, "log in", writes=False)
 
     def change_own_password(self, creds: DatabaseCredentials, new_password: str) -> None:
-        with self.connect(creds, read_write=True) as conn:
-            _alter_password(conn, creds.username, new_password)
+        def attempt() -> None:
+            with self.connect(creds, read_write=True) as conn:
+                _alter_password(conn, creds.username, new_password)
+
+        self._retrying(attempt, creds, "change its own password", writes=True)
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
-        with self.connect(admin, as_admin=True) as conn:
-            if not refuse_administrative(conn, [username]):
-                raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
-            _alter_password(conn, username, new_password)
+        def attempt() -> None:
+            with self.connect(admin, as_admin=True) as conn:
+                if not refuse_administrative(conn, [username]):
+                    raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
+                _alter_password(conn, username, new_password)
+
+        self._retrying(attempt, admin, f"set the password of {username!r}", writes=True)
 
     def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
                           acts_as: str | None) -> bool:
-        with self.connect(admin, as_admin=True) as conn, conn.transaction():
-            # The transaction makes create + membership + settings one unit: a crash leaves either no
-            # role or a complete one, and the retry takes the same path again.
-            role = sql.Identifier(username)
-            verifier = sql.Literal(scram_verifier(conn, username, new_password))
-            # The clone joins the original: the original must be as harmless as the clone itself.
-            existing = refuse_administrative(conn, [username, *([acts_as] if acts_as else [])])
-            created = username not in existing
-            if created:
-                conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
-            else:
-                conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
-            if acts_as is not None:
-                _grant_membership(conn, username, acts_as)
+        def attempt() -> bool:
+            with self.connect(admin, as_admin=True) as conn, conn.transaction():
+                # The transaction makes create + membership + settings one unit: a crash leaves either no
+                # role or a complete one, and the retry takes the same path again.
+                role = sql.Identifier(username)
+                verifier = sql.Literal(scram_verifier(conn, username, new_password))
+                # The clone joins the original: the original must be as harmless as the clone itself.
+                existing = refuse_administrative(conn, [username, *([acts_as] if acts_as else [])])
+                created = username not in existing
                 if created:
-                    # Only a clone we create starts acting as the original: one that exists already (made by
-                    # AWS's function, say) may own objects that its sessions must keep reaching as themselves.
-                    _act_as(conn, username, acts_as)
-            return created
+                    conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+                else:
+                    conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
+                if acts_as is not None:
+                    _grant_membership(conn, username, acts_as)
+                    if created:
+                        # Only a clone we create starts acting as the original: one that exists already (made by
+                        # AWS's function, say) may own objects that its sessions must keep reaching as themselves.
+                        _act_as(conn, username, acts_as)
+                return created
 
-    def verify(self, creds: DatabaseCredentials, member_of: str | None) -> None:
+        return self._retrying(attempt, admin, f"create or reset {username!r}", writes=True)
+
+    def verify(self, creds: DatabaseCredentials, member_of: str | None, *, replica_wait_s: float = 0.0) -> None:
+        """Prove the login and, for alternating users, the membership.
+
+        ``replica_wait_s``: ``creds`` point at a reader, to which the change made on the writer travels by
+        replication; a refusal there is tried again for that long before it counts.
+        """
+        deadline = time.monotonic() + replica_wait_s
+        while True:
+            try:
+                self._retrying(lambda: self._verify_once(creds, member_of), creds, "log in with the pending secret",
+                               writes=False)
+                return
+            except (LoginRefused, VerificationError) as exc:
+                if time.monotonic() + _REPLICA_POLL_S > deadline:
+                    if replica_wait_s:
+                        raise type(exc)(f"{exc} (after waiting {replica_wait_s:.0f} s for the change made on the "
+                                        "writer to reach this reader)") from exc
+                    raise
+                time.sleep(_REPLICA_POLL_S)
+
+    def _verify_once(self, creds: DatabaseCredentials, member_of: str | None) -> None:
         with self.connect(creds) as conn:
             session_user, holds = conn.execute(
                 "SELECT session_user::text, "

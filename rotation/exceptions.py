@@ -101,6 +101,13 @@ class PrivilegeError(DatabaseError):
     code = "PrivilegeError"
 
 
+class WriterUnknown(RotationStateError):
+    """The secret's host may be a reader, and nothing tells which server is its cluster's writer (where a password
+    change must go): a custom or instance endpoint without a cluster the RDS API can list."""
+
+    code = "WriterUnknown"
+
+
 class TransientDatabaseError(DatabaseError):
     """The database was unavailable for a reason that passes (a failover, a connection storm) for longer than
     the step may wait; Secrets Manager's retry of the rotation is expected to succeed."""

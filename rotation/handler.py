@@ -18,8 +18,12 @@ from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
 def build_database(settings: Settings):
     # Deferred: psycopg costs ~70-100 ms to import and createSecret/finishSecret never need it.
     from rotation.database import PostgresDatabase
+    from rotation.transient import DEFAULT_BUDGET_S
 
-    return PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert)
+    # Transient failures (a failover, a connection storm) are retried for at most a third of the 30 s timeout, so
+    # the function reports "failover in progress" itself rather than being killed mid-step.
+    return PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert,
+                            retry_budget_s=DEFAULT_BUDGET_S)
 
 
 def build_directory():

@@ -87,6 +87,9 @@ class Database(Protocol):
         """
         ...
 
-    def verify(self, creds: DatabaseCredentials, member_of: str | None) -> None:
-        """Log in and prove the session is ``creds.username`` (and holds ``member_of``'s privileges)."""
+    def verify(self, creds: DatabaseCredentials, member_of: str | None, *, replica_wait_s: float = 0.0) -> None:
+        """Log in and prove the session is ``creds.username`` (and holds ``member_of``'s privileges).
+
+        ``replica_wait_s`` > 0: ``creds`` point at a reader; a refusal is tried again for that long while the
+        change made on the writer replicates."""
         ...

@@ -22,13 +22,20 @@ from rotation.exceptions import (
     ConfigurationError,
     LoginRefused,
     PendingValueMissing,
+    RdsApiError,
     RotationStateError,
     SecretFormatError,
+    WriterUnknown,
 )
 from rotation.policy import AdminServer, locate_admin_server, pending_mismatch, require_same_cluster
 from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, ClusterDirectory, Database, SecretMetadata, SecretStore
+from rotation.topology import AuroraName, Endpoint
 
 CLONE_SUFFIX = "_clone"
+#: testSecret on a reader: how long the change made on the writer may take to replicate there (Aurora's replica
+#: lag is typically well under a second); well inside the function timeout.
+REPLICA_WAIT_S = 5.0
+_RDS_DOMAINS = (".rds.amazonaws.com", ".rds.amazonaws.com.cn")
 ALREADY_SET = "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
 
 
@@ -71,6 +78,9 @@ class SecretReads:
         self._settings = settings or Settings()
         self._directory = directory or _no_directory
 
+    def directory(self) -> ClusterDirectory:
+        return self._directory()
+
     def user(self, stage: str, version_id: str | None = None) -> DatabaseCredentials:
         source = f"{stage} version of secret {self.metadata.arn}"
         raw = self._store.get_secret_string(self.metadata.arn, stage, version_id)
@@ -96,6 +106,52 @@ class SecretReads:
         creds = DatabaseCredentials.admin_from_secret(document, source, endpoint=server.endpoint,
                                                       sslmode=server.sslmode, dbname=user.dbname)
         return AdminAccess(creds, server)
+
+
+def writer_endpoint(creds: DatabaseCredentials, directory: Callable[[], ClusterDirectory], what: str) -> Endpoint:
+    """Where a password change for a secret on ``creds.endpoint`` must go: its cluster's writer.
+
+    A reader (Aurora's ``cluster-ro-`` name, a reader instance) refuses writes (SQLSTATE 25006); the secret's
+    own host is kept for logins and never rewritten. The cluster endpoint and any server that is not an RDS
+    name are their own writer; a reader endpoint's writer is the same name with ``cluster-ro-`` -> ``cluster-``;
+    a custom or Aurora instance endpoint needs the RDS API, asked about the secret's ``dbClusterIdentifier``
+    and believed only when it lists the secret's own endpoint (the identifier is whatever the secret says).
+    """
+    name = AuroraName.parse(creds.host)
+    if name is not None and name.kind in ("cluster", "cluster-ro"):
+        writer = name.writer_host()
+        assert writer is not None
+        return Endpoint(writer, creds.port)
+    if name is None and not creds.host.lower().rstrip(".").endswith(_RDS_DOMAINS):
+        return creds.endpoint  # a self-managed server, an IP address, a CNAME: the host is the server
+    cluster = creds.document.get("dbClusterIdentifier")
+    if not isinstance(cluster, str) or not cluster.strip():
+        if name is None:
+            return creds.endpoint  # an RDS instance endpoint outside a cluster: a standalone instance is its writer
+        raise WriterUnknown(
+            f"{what} points at the custom endpoint {creds.endpoint}, which may lead to a reader; a password change "
+            "must go to the cluster's writer, and the secret has no dbClusterIdentifier to look it up with the RDS "
+            "API. Add dbClusterIdentifier to the secret, or point it at the cluster endpoint; nothing was changed"
+        )
+    try:
+        topology = directory().cluster(cluster.strip())
+    except RdsApiError as exc:
+        raise WriterUnknown(f"{what} points at {creds.endpoint}, which may be a reader, and the RDS API could not "
+                            f"name the writer of cluster {cluster.strip()!r}: {exc}; nothing was changed") from exc
+    if creds.endpoint not in topology:
+        raise WriterUnknown(f"{what} points at {creds.endpoint}, which is not an endpoint of cluster "
+                            f"{topology.identifier} (its dbClusterIdentifier) as the RDS API lists it; cannot tell "
+                            "which server is its writer; nothing was changed")
+    return topology.writer
+
+
+def _may_be_reader(creds: DatabaseCredentials) -> bool:
+    """Whether logins at ``creds`` may trail the writer: any Aurora name but the cluster endpoint, and any RDS
+    instance endpoint (testSecret only waits, it changes nothing, so no RDS API call is worth making here)."""
+    name = AuroraName.parse(creds.host)
+    if name is not None:
+        return name.kind != "cluster"
+    return creds.host.lower().rstrip(".").endswith(_RDS_DOMAINS)
 
 
 def _no_directory() -> ClusterDirectory:
@@ -141,22 +197,25 @@ class SingleUser:
                      pending: DatabaseCredentials) -> tuple[str, bool]:
         if current.masterarn:
             return self._set_with_admin(reads, db, current, pending)
+        # On a reader the change goes to the writer, with the same credentials (logins replicate both ways).
+        writer = writer_endpoint(current, reads.directory, f"secret {reads.metadata.arn}")
+        on_writer = current.at(writer, current.sslmode)
         try:
-            db.change_own_password(current, pending.password)
+            db.change_own_password(on_writer, pending.password)
             return f"password of {pending.username!r} changed with the AWSCURRENT credentials", True
         except LoginRefused as refused:
-            if db.can_login(pending):
+            if db.can_login(pending.at(writer, pending.sslmode)):
                 return ALREADY_SET, False
             previous = self._previous(reads)
             # An older version aimed at another server or user is no key to this one.
             if previous is not None and pending_mismatch(current, previous, {current.username}) is None:
                 try:
-                    db.change_own_password(previous, pending.password)
+                    db.change_own_password(previous.at(writer, previous.sslmode), pending.password)
                     return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials", True
                 except LoginRefused:
                     pass
             raise LoginRefused(
-                f"user {pending.username!r} at {current.address} accepts none of the AWSCURRENT, AWSPENDING or "
+                f"user {pending.username!r} at {on_writer.address} accepts none of the AWSCURRENT, AWSPENDING or "
                 f"AWSPREVIOUS passwords of secret {reads.metadata.arn}; reset it (rotation repair explains how)"
             ) from refused
 
@@ -291,7 +350,13 @@ class Rotation:
         # AWSPENDING was copied from AWSCURRENT, masterarn included, so it alone tells the strategy.
         pending = reads.user(AWSPENDING, event.token)
         strategy = self._strategy(pending, reads.metadata.arn)
-        self._database_factory().verify(pending, strategy.member_of(pending))
+        db = self._database_factory()
+        member_of = strategy.member_of(pending)
+        # On a reader, the change made on the writer arrives by replication: wait for it, bounded.
+        if _may_be_reader(pending):
+            db.verify(pending, member_of, replica_wait_s=REPLICA_WAIT_S)
+        else:
+            db.verify(pending, member_of)
         return StepOutcome(event.step, f"AWSPENDING logs in as {pending.username!r} with the expected privileges",
                            False, strategy.name, pending.username)
 

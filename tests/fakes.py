@@ -131,6 +131,8 @@ class FakeDatabase:
         self.connections = 0
         #: (address, username) of every login attempt, in order.
         self.logins: list[tuple[Endpoint, str]] = []
+        #: The replica_wait_s of every verify call.
+        self.replica_waits: list[float] = []
 
     def _login(self, creds: DatabaseCredentials) -> None:
         self.connections += 1
@@ -165,7 +167,8 @@ class FakeDatabase:
             self.members.setdefault(username, set()).add(acts_as)
         return created
 
-    def verify(self, creds: DatabaseCredentials, member_of: str | None) -> None:
+    def verify(self, creds: DatabaseCredentials, member_of: str | None, *, replica_wait_s: float = 0.0) -> None:
+        self.replica_waits.append(replica_wait_s)
         self._login(creds)
         if member_of and member_of != creds.username and member_of not in self.members.get(creds.username, ()):
             raise VerificationError(f"{creds.username} is not a member of {member_of}")
