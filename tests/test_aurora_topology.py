@@ -16,6 +16,7 @@ import functools
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,16 +183,20 @@ class FailoverInStep:
     @contextlib.contextmanager
     def installed(self) -> Iterator[FailoverInStep]:
         original_connect, original_execute = psycopg.connect, psycopg.Connection.execute
+        ours: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 
         def connect(*args: Any, **kwargs: Any) -> psycopg.Connection:
-            if self.trigger == "connect" and kwargs.get("application_name") == APPLICATION_NAME:
+            if kwargs.get("application_name") != APPLICATION_NAME:
+                return original_connect(*args, **kwargs)
+            if self.trigger == "connect":
                 self._fire()
-            return original_connect(*args, **kwargs)
+            conn = original_connect(*args, **kwargs)
+            ours.add(conn)
+            return conn
 
         def execute(conn: psycopg.Connection, query: Any, *args: Any, **kwargs: Any) -> Any:
-            if self.trigger == "statement" and isinstance(query, psycopg.sql.Composable):
-                text = query.as_string(conn).upper()
-                if text.startswith(("ALTER ROLE", "CREATE ROLE")) and conn.info.application_name == APPLICATION_NAME:
+            if self.trigger == "statement" and conn in ours and isinstance(query, psycopg.sql.Composable):
+                if query.as_string(conn).upper().startswith(("ALTER ROLE", "CREATE ROLE")):
                     self._fire()
             return original_execute(conn, query, *args, **kwargs)
 
@@ -220,7 +225,8 @@ POINTS = {
 @pytest.mark.parametrize("strategy", [SINGLE, ALTERNATING])
 @pytest.mark.parametrize("point", list(POINTS))
 def test_a_writer_failover_at_any_point_of_a_rotation_is_ridden_out_without_a_lockout(
-    fresh_topology: Topology, sm: LocalSecretsManager, monkeypatch: pytest.MonkeyPatch, strategy: str, point: str
+    fresh_topology: Topology, sm: LocalSecretsManager, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, strategy: str, point: str
 ) -> None:
     cluster = make_cluster(fresh_topology, sm, monkeypatch)
     arn, original = cluster.user(strategy, WRITER_HOST)
@@ -237,6 +243,9 @@ def test_a_writer_failover_at_any_point_of_a_rotation_is_ridden_out_without_a_lo
             assert in_window or cluster.logs_in(sm.value(arn, "AWSCURRENT")), f"AWSCURRENT locked out after {step}"
     if trigger is not None:
         assert injector.fired.is_set(), "the failover happened inside the step"
+        retries = [record.getMessage() for record in caplog.records if "transient failure" in record.getMessage()]
+        assert retries, "the function retried through the failover"
+        assert all("failover" in message for message in retries)
     assert fresh_topology.reader is None and len(fresh_topology.former) == 1, "the replica was promoted"
     current = sm.value(arn, "AWSCURRENT")
     assert current["password"] != original["password"]
