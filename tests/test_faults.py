@@ -130,6 +130,15 @@ def ledger() -> Iterator[Ledger]:
               f"retry closed it)\n{collected.table()}")
 
 
+@pytest.fixture(autouse=True)
+def function_retries_spent(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fault here fails its step, as when the function's own retry budget for transient failures
+    (rotation.transient) is spent: what is proven is that the service's retry then converges. That the
+    function rides out a killed session or a restart by itself is proven with ``function_retries``."""
+    if "function_retries" not in request.keywords:
+        monkeypatch.setattr("rotation.transient.DEFAULT_BUDGET_S", 0.0)
+
+
 @pytest.fixture
 def terminate(pg) -> Callable[[int], None]:
     def kill(pid: int) -> None:
@@ -319,6 +328,32 @@ def test_database_crash_restart_during_setSecret_completes_on_retry(
     committed = strategy == SINGLE and family is SQL_CRASH_AFTER
     assert can_login(sm.value(arn, CURRENT)) is not committed, "only a committed single-user change is refused"
     resume(arn, token)
+    assert end_state_problems(sm, arn, scenario, original) == []
+
+
+@pytest.mark.function_retries
+@pytest.mark.parametrize(
+    ("strategy", "family", "point", "statement"),
+    [
+        pytest.param(SINGLE, DB_SESSION_KILLED, 1, "connection", id="single-user-restart-right-after-login"),
+        pytest.param(SINGLE, SQL_SESSION_KILLED, 1, "ALTER ROLE", id="single-user-restart-as-ALTER-ROLE-is-sent"),
+        pytest.param(ALTERNATING, SQL_SESSION_KILLED, 1, "CREATE ROLE",
+                     id="alternating-restart-as-CREATE-ROLE-is-sent"),
+        pytest.param(ALTERNATING, SQL_SESSION_KILLED, 5, "COMMIT", id="alternating-restart-as-COMMIT-is-sent"),
+    ],
+)
+def test_the_function_rides_out_a_killed_session_or_a_restart_inside_its_step(
+    sm, pg, fresh_secret, strategy, family, point, statement
+):
+    """With its retry budget (the handler's default), the function retries the interrupted database call: no
+    step fails, so the service has nothing to retry, and the rotation ends as a clean one does."""
+    scenario = scenario_for(strategy)
+    arn, original = fresh_secret(scenario)
+    token = sm.stage_pending(arn)
+    with database_faults(Injector(family, fail_at=point), lambda _pid: pg.restart(mode="immediate")) as injector:
+        failed_step, error = run_until_failure(arn, token, injector)
+    assert injector.fired is not None and statement in injector.fired
+    assert failed_step is None, error
     assert end_state_problems(sm, arn, scenario, original) == []
 
 
