@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the service waits uniformly up to this many seconds before a retry (%(default)s)")
     parser.add_argument("--strategy", choices=("mixed", "single-user", "alternating-users"), default="mixed",
                         help="mixed: every other secret has masterarn (%(default)s)")
+    parser.add_argument("--function-retry-budget", type=float, default=None, metavar="SECONDS",
+                        help="the function's budget for retrying transient failures (default: its own, "
+                             "rotation.transient.DEFAULT_BUDGET_S); 0 shows the storm without them")
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     usable = args.max_connections - SUPERUSER_RESERVED - args.app_connections
@@ -111,8 +114,13 @@ class RotationRecord:
     seconds: float = 0.0
 
 
-def _worker_init(env: dict[str, str]) -> None:
+def _worker_init(env: dict[str, str], retry_budget_s: float | None) -> None:
     os.environ.update(env)
+    if retry_budget_s is not None:
+        import rotation.transient
+
+        # The handler reads it when it builds the adapter, once per invocation.
+        rotation.transient.DEFAULT_BUDGET_S = retry_budget_s
     # The handler logs a JSON line and an EMF document per invocation; thousands of them would bury the figures.
     sys.stdout = open(os.devnull, "w")  # for the life of the worker process
 
@@ -243,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log_offset = len(server.server_log())
         context = multiprocessing.get_context("spawn")  # no fork of a process running moto's and our threads
         with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context, initializer=_worker_init,
-                                                    initargs=(env,)) as pool:
+                                                    initargs=(env, args.function_retry_budget)) as pool:
             # Every worker imports the handler before the clock starts, so the storm is rotations, not imports.
             list(pool.map(_warm, range(args.workers)))
             with ConnectionSampler(server) as sampler:
@@ -289,13 +297,15 @@ def _connect(secret: dict[str, Any]):
 
 def render(figures: dict[str, Any]) -> str:
     s = figures["settings"]
+    budget = "its default" if s["function_retry_budget"] is None else f"{s['function_retry_budget']} s"
     lines = [
         f"## Connection storm: {figures['rotations']} secrets ({s['strategy']}), {s['workers']} worker processes, "
         f"{figures['server']}",
         "",
         f"max_connections {s['max_connections']}, {SUPERUSER_RESERVED} reserved for the superuser, "
         f"{s['app_connections']} held by applications: {figures['usable_connections']} slots for the function; "
-        f"service retries up to {s['service_retries']} per rotation",
+        f"service retries up to {s['service_retries']} per rotation; the function's retry budget for transient "
+        f"failures: {budget}",
         "",
         "| figure | value |",
         "|---|---|",
