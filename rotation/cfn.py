@@ -75,8 +75,9 @@ class CustomResourceRequest:
                 f"CloudFormation request has RequestType {request_type!r}; expected one of {', '.join(REQUEST_TYPES)}"
             )
         url = text("ResponseURL")
-        if urlsplit(url).scheme not in ("https", "http"):
-            raise InvalidEventError("CloudFormation request key 'ResponseURL' must be an http(s) URL")
+        if urlsplit(url).scheme != "https":
+            # CloudFormation's are pre-signed S3 URLs, always https; anything else is not CloudFormation asking.
+            raise InvalidEventError("CloudFormation request key 'ResponseURL' must be an https URL")
         properties = event.get("ResourceProperties", {})
         old_properties = event.get("OldResourceProperties")
         for key, value in (("ResourceProperties", properties), ("OldResourceProperties", old_properties)):
@@ -113,7 +114,7 @@ class Outcome:
 def put_response(url: str, body: bytes) -> None:
     """PUT the response body to the pre-signed URL, retrying transient failures."""
     # The pre-signed URL was signed without a content type: sending one would break the signature.
-    request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be http(s) when parsing
+    request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be https when parsing
         url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
     )
     host = urlsplit(url).hostname

@@ -538,7 +538,7 @@ FAILURES = {
 
 def test_an_unreachable_master_server_says_so_and_creates_nothing(cluster, store_secret, sm, username) -> None:
     master_arn = store_secret({**cluster, "port": unused_port()})
-    with pytest.raises(DatabaseUnreachable, match="cannot reach 127.0.0.1.*refused"):
+    with pytest.raises(DatabaseUnreachable, match=r"cannot reach 127\.0\.0\.1.*refused"):
         handler.bootstrap({"MasterSecretId": master_arn, "Username": username}, None)
     with pytest.raises(ClientError):
         sm.value(f"rds-db-credentials/demo-cluster/{username}")

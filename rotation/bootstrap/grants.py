@@ -38,7 +38,7 @@ write (42501) as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from rotation.credentials import DatabaseCredentials
 from rotation.database import _diag, scram_verifier
 from rotation.exceptions import BootstrapError, PrivilegeError
 from rotation.observability import logger
+from rotation.policy import POWERFUL_ROLES
 
 if TYPE_CHECKING:
     from rotation.bootstrap.request import BootstrapRequest
@@ -126,6 +127,21 @@ SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin, rolcreatedb
        ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
               WHERE m.member = r.oid ORDER BY 1)
   FROM pg_roles r WHERE rolname = ANY(%s)
+"""
+# Every role the named roles belong to, directly or through others (the named roles included), with whether it
+# is administrative and whether it owns anything in any database (ownership is recorded in pg_shdepend).
+_MEMBERSHIP_CLOSURE = """
+WITH RECURSIVE closure(start, oid) AS (
+    SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY(%(names)s)
+  UNION
+    SELECT c.start, m.roleid FROM pg_auth_members m JOIN closure c ON m.member = c.oid
+)
+SELECT c.start, r.rolname::text,
+       r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls OR r.rolname = ANY(%(powerful)s),
+       EXISTS (SELECT 1 FROM pg_shdepend d
+                WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o')
+  FROM closure c JOIN pg_roles r ON r.oid = c.oid
+ ORDER BY 1, 2
 """
 _ROLE_SETTINGS = """
 SELECT r.rolname, s.setdatabase <> 0, cfg
@@ -222,7 +238,8 @@ class DatabasePlan:
         return wanted
 
 
-def _rows(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+def _rows(conn: psycopg.Connection, query: str,
+          params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
     return conn.execute(query, params).fetchall()
 
 
@@ -266,6 +283,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
         if extra:
             warnings.append(f"role {role.name!r} is also a member of {', '.join(extra)}; the bootstrap leaves "
                             "memberships it did not grant alone: revoke them if they are not meant")
+    _refuse_write_capable(conn, list(roles), where)
 
     schemas = []
     for name, exists, grantable, public_usage, public_create in _rows(conn, _SCHEMAS, (list(request.schemas),)):
@@ -309,6 +327,39 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
     # Raises now, before anything is created, if the read-only promise could not be kept.
     plan.warnings += _privilege_changes(conn, plan).kept
     return plan
+
+
+def _refuse_write_capable(conn: psycopg.Connection, managed: list[str], where: str) -> None:
+    """The read-only promise for roles that exist already: none of them may own objects, and none may belong,
+    however indirectly, to a role that is administrative, owns objects or holds a write or DDL privilege.
+
+    The bootstrap reconciles the managed roles' own grants in this database, but it cannot make a table owner
+    read-only, nor take back what another role passes on through membership (INSERT, DROP TABLE, SET ROLE to a
+    superuser group): such a login would be read-only in name only.
+    """
+    if not managed:
+        return
+    problems: list[str] = []
+    others: dict[str, list[str]] = {}
+    rows = _rows(conn, _MEMBERSHIP_CLOSURE, {"names": managed, "powerful": sorted(POWERFUL_ROLES)})
+    for start, role, administrative, owns in rows:
+        if owns:
+            problems.append(f"{start!r} owns objects" if role == start
+                            else f"{start!r} is a member of {role!r}, which owns objects")
+        if role in managed:
+            continue  # its attributes and its own grants are checked and brought in line elsewhere
+        if administrative:
+            problems.append(f"{start!r} is a member of {role!r}, which holds administrative power")
+        others.setdefault(role, []).append(start)
+    for entry in _acl_entries(conn, others):
+        if entry.privilege not in _WRITE_FREE_PRIVILEGES:
+            members = ", ".join(repr(name) for name in others[entry.grantee])
+            problems.append(f"{members} inherit {entry.describe()} from {entry.grantee!r}")
+    if problems:
+        raise BootstrapError(
+            f"the bootstrap cannot keep its read-only promise in {where}: {'; '.join(dict.fromkeys(problems))}. "
+            "Choose a Username and GroupRole that are new or read-only, or remove those memberships first"
+        )
 
 
 @dataclass(frozen=True, slots=True)
