@@ -48,6 +48,19 @@ POWERFUL_ROLES = frozenset({
     "pg_signal_autovacuum_worker",
 })
 
+#: What the bootstrap creates carries a mark, so that a Delete (which anyone able to write an event can forge)
+#: removes only that: a tag on secrets, a comment on roles.
+CREATED_BY_TAG = ("aurora-postgres-rotation:created-by", "bootstrap")
+
+
+def bootstrap_role_mark(secret_name: str) -> str:
+    return f"aurora-postgres-rotation: created by the bootstrap for secret {secret_name}"
+
+
+def alternate_role_mark(original: str) -> str:
+    return f"aurora-postgres-rotation: created by rotation as the alternate of {original}"
+
+
 #: sslmode from weakest to strongest.
 TLS_STRENGTH = {"disable": 0, "require": 1, "verify-ca": 2, "verify-full": 3}
 

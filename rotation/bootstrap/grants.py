@@ -38,7 +38,7 @@ write (42501) as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +221,8 @@ class DatabasePlan:
     default_privilege_schemas: tuple[str, ...]
     #: Whether the login roles get ``default_transaction_read_only = on`` too (``ReadOnlyTransactions``).
     read_only_logins: bool = False
+    #: The comment that marks roles this bootstrap creates (rotation.policy.bootstrap_role_mark).
+    role_mark: str = ""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -243,7 +245,8 @@ def _rows(conn: psycopg.Connection, query: str,
     return conn.execute(query, params).fetchall()
 
 
-def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clone: bool) -> DatabasePlan:
+def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clone: bool,
+                     role_mark: str = "") -> DatabasePlan:
     """Check everything that can be checked before creating anything; raise with the exact reason.
 
     ``clone``: whether ``<Username>_clone`` is one of this login's roles (alternating users, or the secret names
@@ -322,7 +325,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
         username=request.username, clone=request.clone if clone and request.clone in roles else None, roles=roles,
         schemas=tuple(schemas), relations=tuple(relations),
         default_privilege_schemas=request.schemas if request.tables is None else (),
-        read_only_logins=request.read_only_transactions, warnings=warnings,
+        read_only_logins=request.read_only_transactions, warnings=warnings, role_mark=role_mark,
     )
     # Raises now, before anything is created, if the read-only promise could not be kept.
     plan.warnings += _privilege_changes(conn, plan).kept
@@ -475,6 +478,9 @@ def _ensure_role(conn: psycopg.Connection, plan: DatabasePlan, name: str, *, log
     if state is None:
         _execute(conn, sql.SQL("CREATE ROLE {} WITH {}").format(role, sql.SQL(" ").join(attributes)),
                  f"creating role {name!r}")
+        # The mark a Delete checks before dropping the role: what this bootstrap did not create, it never drops.
+        _execute(conn, sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(plan.role_mark)),
+                 f"marking role {name!r}")
         return [f"created role {name!r} ({'LOGIN' if login else 'NOLOGIN'})"]
     fixes = []
     if state.can_login != login:
@@ -568,20 +574,28 @@ def reconcile_database(conn: psycopg.Connection, plan: DatabasePlan, login_passw
     return changes
 
 
-def drop_roles(conn: psycopg.Connection, roles: Sequence[str]) -> list[str]:
-    """Revoke what the master granted to ``roles`` in this database and drop them, in one transaction."""
+def drop_roles(conn: psycopg.Connection, roles: Sequence[str], marks: Collection[str]) -> list[str]:
+    """Revoke what the master granted to ``roles`` in this database and drop them, in one transaction.
+
+    Only roles whose comment is one of ``marks`` (what the bootstrap or the rotation wrote when creating them)
+    are touched; any other role of the same name was not made for this resource and is left, with a log line.
+    """
     with conn.transaction():
-        existing = [row[0] for row in _rows(conn, "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
-                                            (list(roles),))]
-        if not existing:
+        existing = {row[0]: row[1] for row in _rows(
+            conn, "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = ANY(%s)",
+            (list(roles),))}
+        ours = [role for role in roles if role in existing and existing[role] in marks]
+        for role in sorted(set(existing) - set(ours)):
+            logger.warning(f"role {role!r} was not created by this bootstrap (no mark): left in place")
+        if not ours:
             return []
-        for entry in _acl_entries(conn, existing):
+        for entry in _acl_entries(conn, ours):
             if _can_revoke(entry):
                 _execute(conn, _revoke_statement(entry), f"revoking {entry.describe()} from {entry.grantee!r}")
-        for name in (role for role in roles if role in existing):
+        for name in ours:
             # PostgreSQL names whatever still depends on the role (privileges in other databases, objects).
             _execute(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(name)), f"dropping role {name!r}")
-    return [f"dropped role {name!r}" for name in roles if name in existing]
+    return [f"dropped role {name!r}" for name in ours]
 
 
 _SESSION_CHECK = """

@@ -14,7 +14,15 @@ from rotation.config import Settings, StrategyName
 from rotation.credentials import DEFAULT_DBNAME, MAX_IDENTIFIER_BYTES, DatabaseCredentials
 from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
 from rotation.observability import annotate, logger
-from rotation.policy import locate_admin_server, pending_mismatch, require_same_cluster, weaker_tls
+from rotation.policy import (
+    CREATED_BY_TAG,
+    alternate_role_mark,
+    bootstrap_role_mark,
+    locate_admin_server,
+    pending_mismatch,
+    require_same_cluster,
+    weaker_tls,
+)
 from rotation.ports import ClusterDirectory
 from rotation.rds_directory import default_directory
 from rotation.secrets_store import secrets_manager_client
@@ -136,7 +144,8 @@ class Bootstrapper:
         changes: list[str] = []
         with self._database.connect(target.admin, as_admin=True) as conn:
             plan = inspect_database(conn, request,
-                                    clone=request.clone in self._login_roles(request, secret_username))
+                                    clone=request.clone in self._login_roles(request, secret_username),
+                                    role_mark=bootstrap_role_mark(target.secret_name))
             if adopted is None:
                 document, arn, login_password = self._create_secret(request, target)
                 changes.append(f"created secret {target.secret_name}")
@@ -285,12 +294,20 @@ class Bootstrapper:
                                  f"{target.secret_name}); nothing removed")
         existing = self._secrets.find(target.secret_name)
         live = existing is not None and not existing.scheduled_for_deletion
-        secret_username = self._secret_username(existing) if live else None
+        # Only what Create made: a Delete event is as easy to forge as any other (naming the master secret and an
+        # application's role, say), so the tag and the role comments decide, not the properties.
+        ours = live and existing.created_by_bootstrap
+        secret_username = self._secret_username(existing) if ours else None
+        login_roles = self._login_roles(request, secret_username)
+        marks = {bootstrap_role_mark(target.secret_name), *(alternate_role_mark(role) for role in login_roles)}
         with self._database.connect(target.admin, as_admin=True) as conn:
-            changes = drop_roles(conn, (*self._login_roles(request, secret_username), request.group_role))
-        if live:
+            changes = drop_roles(conn, (*login_roles, request.group_role), marks)
+        if ours:
             self._secrets.delete(existing.arn)
             changes.append(f"deleted secret {target.secret_name}")
+        elif live:
+            logger.warning(f"secret {target.secret_name} was not created by the bootstrap (no "
+                           f"{CREATED_BY_TAG[0]} tag): left in place")
         logger.info("removed", extra={"changes": changes})
         return changes
 
