@@ -223,9 +223,16 @@ INVALID_REQUESTS = {
 
 @pytest.mark.parametrize(("change", "key"), INVALID_REQUESTS.values(), ids=INVALID_REQUESTS.keys())
 def test_a_malformed_request_names_the_key(response_server: ResponseServer, change: dict, key: str) -> None:
+    """Refused, and CloudFormation answered FAILED with the reason wherever the event has an https ResponseURL
+    (else the stack would wait an hour for an answer)."""
     event = {**custom_resource_event(response_server.url), **change}
     with pytest.raises(InvalidEventError, match=key):
         cfn.serve(event, None, succeed)
+    if event["ResponseURL"] == response_server.url:
+        answer = response_server.next_response()
+        assert answer["Status"] == "FAILED" and key in answer["Reason"]
+        assert answer["RequestId"] == event["RequestId"]
+    response_server.assert_no_more()
 
 
 def test_the_response_url_stays_out_of_reprs(response_server: ResponseServer) -> None:
