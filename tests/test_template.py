@@ -541,7 +541,9 @@ def test_the_handler_checks_the_budget_before_calling_anything(monkeypatch):
     from rotation_tools.local.lambda_context import LambdaContext
 
     # Were the check missing, the step would call this closed port and fail with SecretsManagerUnreachable.
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", f"http://127.0.0.1:{closed_port()}")
+    nowhere = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("SECRETS_MANAGER_ENDPOINT", nowhere)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", nowhere)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "20")
     event = {"Step": "createSecret", "SecretId": MASTER_SECRET, "ClientRequestToken": "0" * 32}
