@@ -308,6 +308,11 @@ def test_each_endpoint_is_an_option(parameters, expected):
                          "RdsVpcEndpoint": f"com.amazonaws.{REGION}.rds",
                          "S3GatewayEndpoint": f"com.amazonaws.{REGION}.s3"}
     assert set(services) == {expected_services[name] for name in network if name in expected_services}
+    # The rotation function refers to the interface endpoints it created, so it (and a schedule that rotates
+    # immediately) waits for them.
+    references = set(stack.properties("RotationFunction")["Environment"]["Variables"].values())
+    for endpoint in ("SecretsManagerVpcEndpoint", "RdsVpcEndpoint"):
+        assert (f"<{endpoint}>" in references) is (endpoint in network), endpoint
     if "S3GatewayEndpoint" in network:
         gateway = stack.properties("S3GatewayEndpoint")
         assert services[f"com.amazonaws.{REGION}.s3"] == "Gateway"
