@@ -40,8 +40,6 @@ ENV_NOT_READ_BY_OUR_CODE = {
     "POWERTOOLS_LOG_LEVEL": "read by aws-lambda-powertools' Logger itself",
     "ROTATION_VPC_ENDPOINT_ID": "informational; makes the function depend on the endpoint it needs",
     "ROTATION_RDS_VPC_ENDPOINT_ID": "informational; makes the function depend on the endpoint it needs",
-    # Issue 10 (security): the admin endpoint's optional pin. Remove this entry once rotation/ reads it.
-    "ADMIN_ENDPOINT": "read by the admin endpoint resolution of issue 10",
 }
 
 #: ELF e_machine value of aarch64 (arm64).

@@ -424,19 +424,23 @@ def test_database_endpoints_and_admin_secret_tags_are_readable_least_privilege(r
 
 
 @pytest.mark.parametrize(
-    ("admin_endpoint", "expected"),
-    [pytest.param("", None, id="not given: unset"),
-     pytest.param("writer.cluster-c1a2b3.eu-west-1.rds.amazonaws.com:5432",
-                  "writer.cluster-c1a2b3.eu-west-1.rds.amazonaws.com:5432", id="pinned host:port")],
+    ("parameters", "expected"),
+    [pytest.param({}, {"ADMIN_SSLMODE": "verify-full"}, id="not given: unset, verify-full"),
+     pytest.param({"AdminEndpoint": "writer.cluster-c1a2b3.eu-west-1.rds.amazonaws.com:5432",
+                   "AdminSslMode": "verify-ca"},
+                  {"ADMIN_ENDPOINT": "writer.cluster-c1a2b3.eu-west-1.rds.amazonaws.com:5432",
+                   "ADMIN_SSLMODE": "verify-ca"}, id="pinned host:port")],
 )
-def test_admin_endpoint_reaches_the_rotation_function_only(admin_endpoint, expected):
-    stack = deploy(AdminEndpoint=admin_endpoint)
+def test_the_admin_endpoint_pin_reaches_both_functions(parameters, expected):
+    """Globals: the rotation and the bootstrap function locate the admin's server the same way."""
+    stack = deploy(**parameters)
 
-    rotation = stack.properties("RotationFunction")["Environment"]["Variables"]
-    bootstrap = stack.properties("BootstrapFunction")["Environment"]["Variables"]
+    shared = stack.value(stack.template["Globals"]["Function"]["Environment"]["Variables"])
 
-    assert rotation.get("ADMIN_ENDPOINT") == expected
-    assert "ADMIN_ENDPOINT" not in bootstrap
+    assert {name: value for name, value in shared.items() if name.startswith("ADMIN_")} == expected
+    for function in ("RotationFunction", "BootstrapFunction"):
+        own = stack.properties(function)["Environment"]["Variables"]
+        assert not [name for name in own if name.startswith("ADMIN_")], "no function overrides the shared pin"
 
 
 # --------------------------------------------------------------------------------------------- names
