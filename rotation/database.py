@@ -31,7 +31,7 @@ from rotation.exceptions import (
     VerificationError,
 )
 from rotation.observability import logger
-from rotation.policy import ADMINISTRATIVE_ATTRIBUTES, POWERFUL_ROLES
+from rotation.policy import ADMINISTRATIVE_ATTRIBUTES, POWERFUL_ROLES, alternate_role_mark
 from rotation.transient import Budget, Transient, classify, retry_transient
 
 APPLICATION_NAME = "secrets-rotation"
@@ -249,6 +249,9 @@ class PostgresDatabase:
                 if acts_as is not None:
                     _grant_membership(conn, username, acts_as)
                     if created:
+                        # The mark the bootstrap's Delete checks: this role was made for ``acts_as``, by us.
+                        conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                            role, sql.Literal(alternate_role_mark(acts_as))))
                         # Only a clone we create starts acting as the original: one that exists already (made by
                         # AWS's function, say) may own objects that its sessions must keep reaching as themselves.
                         _act_as(conn, username, acts_as)

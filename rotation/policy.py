@@ -48,6 +48,19 @@ POWERFUL_ROLES = frozenset({
     "pg_signal_autovacuum_worker",
 })
 
+#: What the bootstrap creates carries a mark, so that a Delete (which anyone able to write an event can forge)
+#: removes only that: a tag on secrets, a comment on roles.
+CREATED_BY_TAG = ("aurora-postgres-rotation:created-by", "bootstrap")
+
+
+def bootstrap_role_mark(secret_name: str) -> str:
+    return f"aurora-postgres-rotation: created by the bootstrap for secret {secret_name}"
+
+
+def alternate_role_mark(original: str) -> str:
+    return f"aurora-postgres-rotation: created by rotation as the alternate of {original}"
+
+
 #: sslmode from weakest to strongest.
 TLS_STRENGTH = {"disable": 0, "require": 1, "verify-ca": 2, "verify-full": 3}
 
@@ -114,24 +127,24 @@ def locate_admin_server(document: Mapping[str, Any], source: str, *, settings: S
     )
 
 
-def require_same_cluster(user: DatabaseCredentials, admin: AdminServer, directory: Callable[[], ClusterDirectory],
+def require_same_cluster(endpoint: Endpoint, admin: AdminServer, directory: Callable[[], ClusterDirectory],
                          what: str) -> AdminServer:
-    """Refuse unless ``user`` points at the admin's server or another endpoint of its cluster as RDS lists it.
+    """Refuse unless ``endpoint`` is the admin's server or another endpoint of its cluster as RDS lists it.
 
     Returns ``admin``, with the RDS API's topology attached when it had to be asked. A matching
     ``dbClusterIdentifier`` in the user secret proves nothing: whoever edits the secret writes it.
     """
-    if user.endpoint == admin.endpoint:
+    if endpoint == admin.endpoint:
         return admin
-    admin_name, user_name = AuroraName.parse(admin.endpoint.host), AuroraName.parse(user.endpoint.host)
-    if admin_name and user_name and admin_name.same_cluster(user_name) and user.port == admin.endpoint.port:
+    admin_name, user_name = AuroraName.parse(admin.endpoint.host), AuroraName.parse(endpoint.host)
+    if admin_name and user_name and admin_name.same_cluster(user_name) and endpoint.port == admin.endpoint.port:
         return admin  # the cluster and reader names of one cluster, in a domain only AWS controls
     cluster = admin.cluster
     if cluster is None and admin_name is not None and admin_name.kind != "cluster-custom":
         cluster = admin_name.name
     if cluster is None:
         raise ForeignEndpoint(
-            f"{what} points at {user.endpoint}, but the admin acts on {admin.describe()}, which names no cluster "
+            f"{what} points at {endpoint}, but the admin acts on {admin.describe()}, which names no cluster "
             "whose other endpoints the RDS API could list; refusing to act for a secret aimed at another server "
             "(point the secret at the admin's endpoint, or give the admin secret its dbClusterIdentifier)"
         )
@@ -139,16 +152,16 @@ def require_same_cluster(user: DatabaseCredentials, admin: AdminServer, director
         topology = admin.topology or directory().cluster(cluster)
     except RdsApiError as exc:
         raise ForeignEndpoint(
-            f"{what} points at {user.endpoint}, not at the admin's {admin.describe()}, and the RDS API could not "
+            f"{what} points at {endpoint}, not at the admin's {admin.describe()}, and the RDS API could not "
             f"list the endpoints of cluster {cluster} to prove it is another of them ({exc}); refusing to act for "
             "a secret aimed at another server"
         ) from exc
     if admin.endpoint not in topology:
         raise ForeignEndpoint(f"the admin's endpoint {admin.endpoint} is not an endpoint of cluster "
                               f"{topology.identifier} as the RDS API lists it; check the admin secret")
-    if user.endpoint not in topology:
+    if endpoint not in topology:
         raise ForeignEndpoint(
-            f"{what} points at {user.endpoint}, which is not an endpoint of cluster {topology.identifier} (the "
+            f"{what} points at {endpoint}, which is not an endpoint of cluster {topology.identifier} (the "
             f"admin's, {admin.endpoint}) as the RDS API lists it; refusing to act for a secret aimed at another "
             "server"
         )

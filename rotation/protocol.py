@@ -102,7 +102,7 @@ class SecretReads:
         document = parse_secret_string(self._store.get_secret_string(masterarn, AWSCURRENT), source)
         server = locate_admin_server(document, source, settings=self._settings,
                                      tags=lambda: self._store.describe(masterarn).tags, directory=self._directory)
-        server = require_same_cluster(user, server, self._directory, f"secret {self.metadata.arn}")
+        server = require_same_cluster(user.endpoint, server, self._directory, f"secret {self.metadata.arn}")
         creds = DatabaseCredentials.admin_from_secret(document, source, endpoint=server.endpoint,
                                                       sslmode=server.sslmode, dbname=user.dbname)
         return AdminAccess(creds, server)

@@ -30,6 +30,18 @@ BASE_DELAY_S = 0.1
 MAX_DELAY_S = 2.0
 
 
+def budget_within(remaining_ms: int | None, reserved_ms: int) -> float:
+    """The retry budget for an invocation with ``remaining_ms`` left before Lambda's timeout, of which
+    ``reserved_ms`` must stay free (the step's worst case without retries: Secrets Manager, one connect, the rest).
+
+    At most :data:`DEFAULT_BUDGET_S`; 0 when nothing is left over (a single attempt, as without retries).
+    Unknown remaining time (a local run without a context) gives the default.
+    """
+    if remaining_ms is None:
+        return DEFAULT_BUDGET_S
+    return max(0.0, min(DEFAULT_BUDGET_S, (remaining_ms - reserved_ms) / 1000))
+
+
 class Transient(enum.Enum):
     """Why waiting may help."""
 
@@ -203,6 +215,7 @@ __all__ = [
     "Backoff",
     "Budget",
     "Transient",
+    "budget_within",
     "classify",
     "give_up",
     "retry_transient",

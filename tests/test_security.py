@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -38,18 +37,6 @@ def decoy_pg():
     """A server the attacker runs: any role name logs in there with a password the attacker chose."""
     with start_postgres(find_bindir(), log_statement="all") as server:
         yield server
-
-
-@pytest.fixture
-def aurora(sm, pg, cluster, monkeypatch):
-    """An Aurora cluster in the RDS API whose endpoint names stand for ``pg`` (libpq's PGHOSTADDR maps every name
-    to 127.0.0.1), with an RDS-managed master secret: username and password only, tagged with the cluster."""
-    identifier = f"aurora-{uuid.uuid4().hex[:8]}"
-    info = sm.create_aurora_cluster(identifier, pg.port, cluster)
-    monkeypatch.setenv("PGHOSTADDR", "127.0.0.1")
-    monkeypatch.setenv("ADMIN_SSLMODE", "disable")  # the wheel's server has no TLS; the TLS test uses PG 15
-    return SimpleNamespace(identifier=identifier, writer=info["Endpoint"], reader=info["ReaderEndpoint"],
-                           managed_arn=info["MasterUserSecret"]["SecretArn"])
 
 
 @pytest.fixture

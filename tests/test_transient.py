@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 import pytest
 
 from rotation.exceptions import DatabaseError, FailoverInProgress, TooManyConnections, TransientDatabaseError
-from rotation.transient import Attempts, Backoff, Budget, Transient, classify, retry_transient
+from rotation.transient import (
+    DEFAULT_BUDGET_S,
+    Attempts,
+    Backoff,
+    Budget,
+    Transient,
+    budget_within,
+    classify,
+    retry_transient,
+)
 
 FAILOVER, TOO_MANY = Transient.FAILOVER, Transient.TOO_MANY_CONNECTIONS
 
@@ -214,3 +223,13 @@ def test_on_retry_is_told_of_every_wait() -> None:
 def test_a_negative_budget_is_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         Budget(-1)
+
+
+@pytest.mark.parametrize(
+    ("remaining_ms", "reserved_ms", "expected"),
+    [(None, 22_150, DEFAULT_BUDGET_S), (30_000, 22_150, 7.85), (60_000, 22_150, DEFAULT_BUDGET_S),
+     (22_000, 22_150, 0.0), (0, 0, 0.0)],
+    ids=["no-context", "30-s-timeout", "long-timeout-capped", "nothing-left-over", "no-time-at-all"],
+)
+def test_the_budget_fits_what_the_timeout_leaves_over(remaining_ms, reserved_ms, expected) -> None:
+    assert budget_within(remaining_ms, reserved_ms) == pytest.approx(expected)
