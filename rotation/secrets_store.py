@@ -9,9 +9,11 @@ a silent hang until the Lambda's own timeout.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import threading
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -32,6 +34,20 @@ NO_ROUTE_FIX = (
     "a function in a private subnet needs an interface VPC endpoint for secretsmanager with private DNS "
     "enabled, or a NAT gateway, and a security group that allows outbound HTTPS (443)"
 )
+LOCAL_ENDPOINT_FIX = (
+    "the endpoint is on this machine: is the local server running (moto_server, `rotation demo --keep`...), on "
+    "that port?"
+)
+
+
+def unreachable_fix(endpoint_url: str | None) -> str:
+    """What to do when ``endpoint_url`` does not answer: a loopback endpoint is a local server, not a VPC route."""
+    host = urlsplit(endpoint_url or "").hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    return LOCAL_ENDPOINT_FIX if loopback else NO_ROUTE_FIX
 
 #: Rotation: three attempts in all, each with at most 3 s to connect and 5 s to answer, so a missing route fails
 #: in ~9 s and an endpoint that accepts but never answers in ~15 s, both well inside the function's 30 s timeout,
@@ -111,7 +127,8 @@ class SecretsManagerStore:
             return getattr(self._client, operation)(**{id_parameter: secret_id}, **kwargs)
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
             raise SecretsManagerUnreachable(
-                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"
+                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): "
+                f"{unreachable_fix(self.endpoint)}"
             ) from exc
         except NoCredentialsError as exc:
             raise SecretsManagerError(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rotation.exceptions import RotationError
 
@@ -47,15 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_stdout = contextlib.nullcontext()
-    if getattr(args, "json", False):
-        # Machine-readable modes keep stdout for their one JSON document. Imported here: the logger must be
-        # built after `invoke` has set the function's environment, and `--help` need not build it at all.
-        from rotation.observability import logs_to_stderr
-
-        quiet_stdout = logs_to_stderr()
     try:
-        with quiet_stdout:
+        with _region_from_arn(getattr(args, "secret_id", None)), _function_logs(args):
             return args.handler(args)
     except RotationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -63,6 +57,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _function_logs(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The function's log lines go to stderr: stdout is the command's own output (one JSON document with --json).
+
+    Rendered for people, except with --json. `invoke` routes them itself, once it has set the function's
+    environment (JSON, what Lambda would log, on stderr as `sam local invoke` does); the demo captures the
+    function's output for its leak check.
+    """
+    if args.command in {"invoke", "demo"}:
+        return contextlib.nullcontext()
+    from rotation_tools.logs import function_logs
+
+    return function_logs(human=not getattr(args, "json", False))
+
+
+@contextlib.contextmanager
+def _region_from_arn(secret_id: str | None) -> Iterator[None]:
+    """A secret ARN names its region: use it when none is configured, instead of failing for want of one.
+
+    Set in the environment before any client is built, and only for the command's length (callers may be
+    in-process). A configured region is respected.
+    """
+    parts = (secret_id or "").split(":")
+    configured = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if configured or len(parts) < 7 or parts[0] != "arn" or parts[2] != "secretsmanager" or not parts[3]:
+        yield
+        return
+    os.environ["AWS_REGION"] = parts[3]
+    try:
+        yield
+    finally:
+        os.environ.pop("AWS_REGION", None)
 
 
 if __name__ == "__main__":

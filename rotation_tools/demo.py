@@ -33,12 +33,12 @@ import psycopg.errors
 from rotation.database import role_exists
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
+from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS
+from rotation.protocol import CLONE_SUFFIX
 from rotation_tools.local.aurora import login_accepted, secret_conninfo, setup_aurora_like
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.postgres import PostgresServer, find_bindir, start_postgres
 from rotation_tools.local.secretsmanager import LocalSecretsManager
-from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS
-from rotation.protocol import CLONE_SUFFIX
 
 READER = "reader_user"
 READER_CLONE = READER + CLONE_SUFFIX

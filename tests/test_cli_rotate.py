@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from helpers import assert_refused_insert, can_login
 
-from rotation_tools.cli import main
-from rotation_tools.commands.rotate import explain_failure
 from rotation.config import Settings
 from rotation.events import Step
 from rotation.handler import build_database
-from rotation_tools.local.driver import StepResult, rotate_now
 from rotation.secrets_store import SecretsManagerStore
+from rotation_tools.cli import main
+from rotation_tools.commands.rotate import explain_failure
+from rotation_tools.local.driver import StepResult, rotate_now
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 

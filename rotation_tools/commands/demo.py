@@ -65,8 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotation_tools.demo import DemoOptions, run_demo
     from rotation.exceptions import LocalToolError
+    from rotation_tools.demo import DemoOptions, run_demo
     from rotation_tools.local.postgres import cleanup_on_sigterm
 
     cleanup_on_sigterm()  # `kill` must stop the servers and delete their directories, as Ctrl-C does
