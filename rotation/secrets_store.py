@@ -40,14 +40,18 @@ LOCAL_ENDPOINT_FIX = (
 )
 
 
-def unreachable_fix(endpoint_url: str | None) -> str:
-    """What to do when ``endpoint_url`` does not answer: a loopback endpoint is a local server, not a VPC route."""
+def is_loopback(endpoint_url: str | None) -> bool:
+    """True for an endpoint on this machine (a local server such as moto), which no VPC route concerns."""
     host = urlsplit(endpoint_url or "").hostname or ""
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost" or host.endswith(".localhost")
-    return LOCAL_ENDPOINT_FIX if loopback else NO_ROUTE_FIX
+        return host == "localhost" or host.endswith(".localhost")
+
+
+def unreachable_fix(endpoint_url: str | None) -> str:
+    """What to do when ``endpoint_url`` does not answer: a loopback endpoint is a local server, not a VPC route."""
+    return LOCAL_ENDPOINT_FIX if is_loopback(endpoint_url) else NO_ROUTE_FIX
 
 #: Rotation: three attempts in all, each with at most 3 s to connect and 5 s to answer, so a missing route fails
 #: in ~9 s and an endpoint that accepts but never answers in ~15 s, both well inside the function's 30 s timeout,

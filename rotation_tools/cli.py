@@ -18,6 +18,7 @@ from rotation.exceptions import RotationError
 #: name -> module. Modules are imported when the parser is built: `--help` must list every command.
 COMMANDS = {
     "invoke": "rotation_tools.commands.invoke",
+    "events": "rotation_tools.commands.events",
     "rotate": "rotation_tools.commands.rotate",
     "doctor": "rotation_tools.commands.doctor",
     "repair": "rotation_tools.commands.repair",
