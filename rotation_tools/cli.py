@@ -22,6 +22,7 @@ COMMANDS = {
     "rotate": "rotation_tools.commands.rotate",
     "doctor": "rotation_tools.commands.doctor",
     "repair": "rotation_tools.commands.repair",
+    "status": "rotation_tools.commands.status",
     "demo": "rotation_tools.commands.demo",
 }
 

@@ -1,0 +1,57 @@
+"""Messages that fit where the endpoint is: a local server that is not running is not a missing VPC route, and a
+secret ARN names its own region."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from helpers import closed_port
+
+from rotation_tools.cli import main
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        pytest.param("rotate", [], id="rotate"),
+        pytest.param("doctor", [], id="doctor"),
+        pytest.param("status", [], id="status"),
+    ],
+)
+def test_an_unreachable_loopback_endpoint_asks_whether_the_local_server_runs(command, extra, capsys, monkeypatch):
+    with closed_port() as port:
+        for name in ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "SECRETS_MANAGER_ENDPOINT"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+        argv = [command, *([] if command == "status" else ["--secret-id", "some-secret"]), *extra]
+
+        code = main(argv)
+
+    out, err = capsys.readouterr()
+    said = " ".join((out + err).split())  # the doctor's table wraps long lines
+    assert code == 1
+    assert "is the local server running" in said
+    assert "VPC endpoint" not in said and "NAT gateway" not in said
+
+
+def test_a_secret_arn_supplies_the_region_when_none_is_configured(make_app_user, store_secret, capsys, monkeypatch):
+    arn = store_secret(make_app_user())
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+    code = main(["doctor", "--secret-id", arn, "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["secret_arn"] == arn
+    assert "AWS_REGION" not in os.environ, "only for the command's length"
+
+
+def test_a_secret_name_without_a_region_still_names_the_fix(capsys, monkeypatch):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+    code = main(["doctor", "--secret-id", "just-a-name", "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and "AWS_REGION" in json.dumps(report)
