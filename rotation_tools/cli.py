@@ -34,8 +34,9 @@ EXIT_USAGE = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rotation",
-        description="Secrets Manager rotation for Aurora PostgreSQL: invoke the handlers locally, rotate a "
-        "secret now, diagnose a failing rotation, repair a stuck one, or watch the whole story in a demo.",
+        description="Secrets Manager rotation for Aurora PostgreSQL: invoke the handlers locally (with events "
+        "staged for your secret), rotate a secret now, diagnose a failing rotation, repair a stuck one, see the "
+        "whole fleet's state, or watch the whole story in a demo.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
