@@ -36,7 +36,7 @@ NO_ROUTE_FIX = (
 )
 LOCAL_ENDPOINT_FIX = (
     "the endpoint is on this machine: is the local server running (moto_server, `rotation demo --keep`...), on "
-    "that port?"
+    "that port, and answering?"
 )
 
 
