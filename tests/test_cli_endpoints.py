@@ -80,7 +80,7 @@ def test_a_secret_arn_supplies_the_region_when_none_is_configured(make_app_user,
 
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["secret_arn"] == arn
-    assert "AWS_REGION" not in os.environ, "only for the command's length"
+    assert "AWS_REGION" not in os.environ and "AWS_DEFAULT_REGION" not in os.environ, "only for the command"
 
 
 def test_a_secret_name_without_a_region_still_names_the_fix(capsys, monkeypatch):

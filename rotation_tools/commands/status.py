@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _logs_client(secrets_manager_endpoint: str):
-    import boto3
+    # botocore's own session, as boto3's client() would build it, without importing boto3 (and s3transfer).
+    import botocore.session
     from botocore.config import Config
 
     from rotation.secrets_store import is_loopback
@@ -67,4 +68,6 @@ def _logs_client(secrets_manager_endpoint: str):
     if not (os.environ.get("AWS_ENDPOINT_URL_LOGS") or os.environ.get("AWS_ENDPOINT_URL")) \
             and is_loopback(secrets_manager_endpoint):
         endpoint = secrets_manager_endpoint  # a local moto serves every API on one port
-    return boto3.session.Session().client("logs", endpoint_url=endpoint, config=Config(**LOGS_CLIENT_CONFIG))
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return botocore.session.get_session().create_client("logs", endpoint_url=endpoint, region_name=region,
+                                                        config=Config(**LOGS_CLIENT_CONFIG))
