@@ -75,8 +75,9 @@ class CustomResourceRequest:
                 f"CloudFormation request has RequestType {request_type!r}; expected one of {', '.join(REQUEST_TYPES)}"
             )
         url = text("ResponseURL")
-        if urlsplit(url).scheme not in ("https", "http"):
-            raise InvalidEventError("CloudFormation request key 'ResponseURL' must be an http(s) URL")
+        if urlsplit(url).scheme != "https":
+            # CloudFormation's are pre-signed S3 URLs, always https; anything else is not CloudFormation asking.
+            raise InvalidEventError("CloudFormation request key 'ResponseURL' must be an https URL")
         properties = event.get("ResourceProperties", {})
         old_properties = event.get("OldResourceProperties")
         for key, value in (("ResourceProperties", properties), ("OldResourceProperties", old_properties)):
@@ -92,6 +93,29 @@ class CustomResourceRequest:
             physical_resource_id=text("PhysicalResourceId", required=request_type != CREATE),
             properties=properties,
             old_properties=old_properties,
+        )
+
+    @classmethod
+    def salvage(cls, event: Mapping[str, Any]) -> CustomResourceRequest | None:
+        """What can be read of an event that does not parse, to answer FAILED with; None without an https
+        ResponseURL (then there is nobody to answer, and nowhere we would send an answer)."""
+        def text(key: str) -> str:
+            value = event.get(key)
+            return value if isinstance(value, str) else ""
+
+        url = text("ResponseURL")
+        if urlsplit(url).scheme != "https":
+            return None
+        request_type = text("RequestType")
+        return cls(
+            request_type=request_type if request_type in REQUEST_TYPES else CREATE,
+            response_url=url,
+            stack_id=text("StackId"),
+            request_id=text("RequestId"),
+            logical_resource_id=text("LogicalResourceId"),
+            resource_type=text("ResourceType"),
+            physical_resource_id=text("PhysicalResourceId") or None,
+            properties={},
         )
 
     @property
@@ -113,7 +137,7 @@ class Outcome:
 def put_response(url: str, body: bytes) -> None:
     """PUT the response body to the pre-signed URL, retrying transient failures."""
     # The pre-signed URL was signed without a content type: sending one would break the signature.
-    request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be http(s) when parsing
+    request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be https when parsing
         url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
     )
     host = urlsplit(url).hostname
@@ -204,7 +228,15 @@ def serve(event: Mapping[str, Any], context: Any, work: Work,
     Does not raise after answering: Lambda retries a failed asynchronous invocation, and CloudFormation has
     already been told. The returned dict (status and reason) is for logs and local callers.
     """
-    request = CustomResourceRequest.parse(event)
+    try:
+        request = CustomResourceRequest.parse(event)
+    except InvalidEventError as exc:
+        # CloudFormation waits an hour for an answer it will never get unless we send one: answer FAILED
+        # wherever the event lets us, then report the problem as usual.
+        salvaged = CustomResourceRequest.salvage(event)
+        if salvaged is not None:
+            Responder(salvaged, send).respond(FAILED, str(exc), salvaged.failure_physical_id)
+        raise
     responder = Responder(request, send)
     log_stream = getattr(context, "log_stream_name", None)
     see_log = f"; details in CloudWatch log stream {log_stream}" if log_stream else ""

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rotation.credentials import SSL_MODES
 from rotation.exceptions import ConfigurationError
 from rotation.passwords import PasswordPolicy
+from rotation.topology import Endpoint
 
 DEFAULT_CONNECT_TIMEOUT = 5
 # libpq rounds anything below 2 seconds up to 2; say so instead of pretending.
@@ -31,6 +33,24 @@ def default_ssl_root_cert(env: Mapping[str, str]) -> str | None:
     return str(BUNDLED_CA) if BUNDLED_CA.is_file() else None
 
 
+def parse_endpoint(raw: str, variable: str) -> Endpoint:
+    """``host[:port]`` (``[v6-address]:port`` for IPv6), port 5432 by default."""
+    text = raw.strip()
+    host, port = text, "5432"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigurationError(f"{variable} must be host[:port], got {raw!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or "," in host or any(c.isspace() for c in host) or not port.isdecimal() \
+            or not 1 <= int(port) <= 65535:
+        raise ConfigurationError(f"{variable} must be one host[:port] (port 1-65535), got {raw!r}")
+    return Endpoint(host, int(port))
+
+
 class StrategyName(enum.StrEnum):
     AUTO = "auto"
     SINGLE_USER = "single-user"
@@ -46,6 +66,11 @@ class Settings:
     ssl_root_cert: str | None = None
     #: AWS's functions honour SECRETS_MANAGER_ENDPOINT; boto3 itself does not.
     secrets_manager_endpoint: str | None = None
+    #: ADMIN_ENDPOINT: the admin's server when its secret names none (RDS-managed) and the RDS API is not used.
+    admin_endpoint: Endpoint | None = None
+    #: ADMIN_SSLMODE: TLS for an admin endpoint that comes from ADMIN_ENDPOINT or the RDS API (never from a
+    #: user secret).
+    admin_sslmode: str = "verify-full"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,7 +88,14 @@ class Settings:
             raise ConfigurationError(f"PGCONNECT_TIMEOUT must be whole seconds, got {raw_timeout!r}") from None
         if timeout < MIN_CONNECT_TIMEOUT:
             raise ConfigurationError(f"PGCONNECT_TIMEOUT must be at least {MIN_CONNECT_TIMEOUT} seconds")
+        raw_admin_endpoint = env.get("ADMIN_ENDPOINT", "").strip()
+        admin_sslmode = env.get("ADMIN_SSLMODE", "verify-full").strip().lower() or "verify-full"
+        if admin_sslmode not in SSL_MODES:
+            raise ConfigurationError(f"ADMIN_SSLMODE must be one of {', '.join(sorted(SSL_MODES))}, "
+                                     f"got {admin_sslmode!r}")
         return cls(
+            admin_endpoint=parse_endpoint(raw_admin_endpoint, "ADMIN_ENDPOINT") if raw_admin_endpoint else None,
+            admin_sslmode=admin_sslmode,
             strategy=strategy,
             password_policy=PasswordPolicy.from_env(env),
             connect_timeout=timeout,

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from rotation.exceptions import SecretFormatError
+from rotation.topology import Endpoint
 
 POSTGRES_ENGINES = frozenset({"postgres", "aurora-postgresql"})
 DEFAULT_PORT = 5432
@@ -65,6 +66,14 @@ def _text(document: Mapping[str, Any], key: str, source: str, *, required: bool,
             # JSON admits escapes such as "\ud800" that no driver or server can encode.
             raise SecretFormatError(f"{source} key {key!r} holds an unpaired surrogate escape, not text") from None
     return value
+
+
+def _host(document: Mapping[str, Any], source: str, *, required: bool = True) -> Any:
+    host = _text(document, "host", source, required=required)
+    if host is not None and ("," in host or any(c.isspace() for c in host)):
+        # libpq tries each host of a list in turn: N hosts cost N connect timeouts, and only one is the server.
+        raise SecretFormatError(f"{source} key 'host' must be one host name or address, not a list")
+    return host
 
 
 def _port(document: Mapping[str, Any], source: str) -> int:
@@ -120,9 +129,14 @@ class DatabaseCredentials:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def same_database(self, other: DatabaseCredentials) -> bool:
-        """Whether both logins go to the same server and database (the usernames may differ)."""
-        return (self.host, self.port, self.dbname) == (other.host, other.port, other.dbname)
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
+
+    def at(self, endpoint: Endpoint, sslmode: str) -> DatabaseCredentials:
+        """The same login, made at another server address and TLS mode (the admin's, to prove a password there)."""
+        return DatabaseCredentials(endpoint.host, endpoint.port, self.username, self.password, self.dbname, sslmode,
+                                   self.masterarn, self.document)
 
     @classmethod
     def from_secret(cls, document: Mapping[str, Any], source: str) -> DatabaseCredentials:
@@ -139,7 +153,7 @@ class DatabaseCredentials:
             )
         masterarn = _text(document, "masterarn", source, required=False)
         return cls(
-            host=_text(document, "host", source, required=True),
+            host=_host(document, source),
             port=_port(document, source),
             username=check_identifier(_text(document, "username", source, required=True), f"{source} username"),
             password=_text(document, "password", source, required=True),
@@ -150,27 +164,33 @@ class DatabaseCredentials:
         )
 
     @classmethod
-    def admin_from_secret(
-        cls, document: Mapping[str, Any], source: str, *, fallback: DatabaseCredentials
-    ) -> DatabaseCredentials:
-        """Validate an admin secret, which may hold only username/password (an RDS-managed master secret).
+    def admin_from_secret(cls, document: Mapping[str, Any], source: str, *, endpoint: Endpoint, sslmode: str,
+                          dbname: str) -> DatabaseCredentials:
+        """Validate an admin secret's login, which may hold only username/password (an RDS-managed master secret).
 
-        Missing connection details come from ``fallback``, the user secret being rotated: the admin must
-        change the password on the same server the application connects to.
+        Where and how to connect is decided by the caller from the admin side only (rotation.policy): never from
+        the user secret, which someone with far less privilege may have written.
         """
         engine = document.get("engine", "postgres")
         if not isinstance(engine, str) or engine not in POSTGRES_ENGINES:
             raise SecretFormatError(f"{source} has engine {engine!r}; expected a PostgreSQL secret")
         return cls(
-            host=_text(document, "host", source, required=False, default=fallback.host),
-            port=_port(document, source) if "port" in document else fallback.port,
+            host=endpoint.host,
+            port=endpoint.port,
             username=check_identifier(_text(document, "username", source, required=True), f"{source} username"),
             password=_text(document, "password", source, required=True),
-            # The admin logs into the user's database: that is where the user's role and grants are checked.
-            dbname=fallback.dbname,
-            sslmode=_sslmode(document, source) if "ssl" in document else fallback.sslmode,
+            # The admin logs into the user's database: roles are cluster-wide, and the user's database exists.
+            dbname=dbname,
+            sslmode=sslmode,
             document=MappingProxyType(dict(document)),
         )
+
+    @staticmethod
+    def admin_location(document: Mapping[str, Any], source: str) -> tuple[Endpoint | None, str]:
+        """The endpoint and TLS mode an admin secret names itself (no host: None); absent ``ssl`` is verify-full."""
+        host = _host(document, source, required=False)
+        endpoint = None if host is None else Endpoint(host, _port(document, source))
+        return endpoint, _sslmode(document, source)
 
     def replaced(self, *, username: str | None = None, password: str | None = None) -> dict[str, Any]:
         """The secret document with a new username and/or password; every other key is kept as is."""

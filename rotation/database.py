@@ -16,6 +16,8 @@ from psycopg import sql
 
 from rotation.credentials import DatabaseCredentials
 from rotation.exceptions import (
+    AdministrativeRoleRefused,
+    AuthenticationMethodRejected,
     CleartextPasswordRefused,
     ConnectionRejected,
     DatabaseError,
@@ -26,6 +28,7 @@ from rotation.exceptions import (
     VerificationError,
 )
 from rotation.observability import logger
+from rotation.policy import ADMINISTRATIVE_ATTRIBUTES, POWERFUL_ROLES, alternate_role_mark
 
 APPLICATION_NAME = "secrets-rotation"
 _TLS_MARKERS = ("ssl", "certificate", "tls")
@@ -60,12 +63,25 @@ def classify_connect_error(exc: psycopg.OperationalError, creds: DatabaseCredent
     message = str(exc).lower()
     who = f"user {creds.username!r} at {creds.address}/{creds.dbname}"
     # Authentication failures carry no SQLSTATE: the message is all there is.
-    if "password authentication failed" in message or "authentication failed" in message:
+    if "password authentication failed" in message:
         return LoginRefused(f"login refused for {who}: wrong password or no such role")
+    if "authentication failed" in message:
+        # PAM (rds_iam), LDAP, ident, GSS, RADIUS, certificates: no password this rotation sets can change that.
+        method = message.split("authentication failed", 1)[0].split()[-1:] or ["another"]
+        return AuthenticationMethodRejected(
+            f"login refused for {who} by {method[0]} authentication, not by a password: pg_hba.conf or the role "
+            "(for instance membership of rds_iam) selects another method; a password rotation cannot work for it"
+        )
     if "server requested a cleartext password" in message or 'auth method "password"' in message:
         return CleartextPasswordRefused(
             f"refused to send the password of user {creds.username!r} in cleartext: {creds.address} asked for "
             "password authentication; configure scram-sha-256 in pg_hba.conf (or check who answers on that address)"
+        )
+    if "authentication method requirement" in message or "channel binding" in message:
+        return AuthenticationMethodRejected(
+            f"refused to log in as {who} with an exchange that could be relayed: admin logins use SCRAM-SHA-256 "
+            "only, with channel binding over TLS; store the admin's password as a SCRAM verifier "
+            f"(password_encryption = scram-sha-256) and check who answers on {creds.address}"
         )
     if "no pg_hba.conf entry" in message or "pg_hba.conf rejects" in message:
         return ConnectionRejected(f"connection rejected for {who}: pg_hba.conf has no entry admitting it "
@@ -96,7 +112,8 @@ class PostgresDatabase:
         #: Connection attempts made by this adapter; the benchmark reads it.
         self.connection_attempts = 0
 
-    def connect_params(self, creds: DatabaseCredentials, *, read_write: bool = False) -> dict[str, object]:
+    def connect_params(self, creds: DatabaseCredentials, *, read_write: bool = False,
+                       as_admin: bool = False) -> dict[str, object]:
         params: dict[str, object] = {
             "host": creds.host,
             "port": creds.port,
@@ -110,6 +127,12 @@ class PostgresDatabase:
             # SCRAM and md5 exchanges do not reveal it.
             "require_auth": "!password",
         }
+        if as_admin:
+            # The admin's password is the key to every role: only SCRAM, whose exchange never reveals it, and over
+            # TLS bound to the channel, so a relay between us and the server cannot splice in its own session.
+            params["require_auth"] = "scram-sha-256"
+            if creds.sslmode != "disable":
+                params["channel_binding"] = "require"
         if creds.sslmode in {"verify-ca", "verify-full"}:
             # "system" is libpq's (16+) name for the platform trust store; never a hard-coded path.
             params["sslrootcert"] = self._ssl_root_cert or "system"
@@ -120,12 +143,14 @@ class PostgresDatabase:
         return params
 
     @contextmanager
-    def connect(self, creds: DatabaseCredentials, *, read_write: bool = False) -> Iterator[psycopg.Connection]:
+    def connect(self, creds: DatabaseCredentials, *, read_write: bool = False,
+                as_admin: bool = False) -> Iterator[psycopg.Connection]:
         self.connection_attempts += 1
         if creds.sslmode == "disable":
             logger.warning(f'connecting to {creds.address} without TLS because the secret says "ssl": false')
         try:
-            conn = psycopg.connect(**self.connect_params(creds, read_write=read_write), autocommit=True)
+            conn = psycopg.connect(**self.connect_params(creds, read_write=read_write, as_admin=as_admin),
+                                   autocommit=True)
         except psycopg.OperationalError as exc:
             raise classify_connect_error(exc, creds, self._timeout) from exc
         try:
@@ -149,19 +174,21 @@ class PostgresDatabase:
             _alter_password(conn, creds.username, new_password)
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
-        with self.connect(admin) as conn:
-            if _existing_target(conn, username, admin) is None:
+        with self.connect(admin, as_admin=True) as conn:
+            if not refuse_administrative(conn, [username]):
                 raise PrivilegeError(f"role {username!r} does not exist at {admin.address}/{admin.dbname}")
             _alter_password(conn, username, new_password)
 
     def ensure_login_role(self, admin: DatabaseCredentials, username: str, new_password: str,
                           acts_as: str | None) -> bool:
-        with self.connect(admin) as conn, conn.transaction():
+        with self.connect(admin, as_admin=True) as conn, conn.transaction():
             # The transaction makes create + membership + settings one unit: a crash leaves either no
             # role or a complete one, and the retry takes the same path again.
             role = sql.Identifier(username)
             verifier = sql.Literal(scram_verifier(conn, username, new_password))
-            created = _existing_target(conn, username, admin) is None
+            # The clone joins the original: the original must be as harmless as the clone itself.
+            existing = refuse_administrative(conn, [username, *([acts_as] if acts_as else [])])
+            created = username not in existing
             if created:
                 conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, verifier))
             else:
@@ -169,6 +196,9 @@ class PostgresDatabase:
             if acts_as is not None:
                 _grant_membership(conn, username, acts_as)
                 if created:
+                    # The mark the bootstrap's Delete checks: this role was made for ``acts_as``, by us.
+                    conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        role, sql.Literal(alternate_role_mark(acts_as))))
                     # Only a clone we create starts acting as the original: one that exists already (made by
                     # AWS's function, say) may own objects that its sessions must keep reaching as themselves.
                     _act_as(conn, username, acts_as)
@@ -209,22 +239,42 @@ def role_exists(conn: psycopg.Connection, username: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (username,)).fetchone() is not None
 
 
-def _existing_target(conn: psycopg.Connection, username: str, admin: DatabaseCredentials) -> str | None:
-    """``username`` if the role exists (None if not), refusing an administrative one.
+# Every role the targets belong to, directly or through others (the targets included), that holds power over
+# the server or over other roles: an administrative attribute, one of the powerful groups, or the admin's own role.
+_ADMINISTRATIVE_CLOSURE = sql.SQL("""
+WITH RECURSIVE closure(target, oid) AS (
+    SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY(%(targets)s)
+  UNION
+    SELECT c.target, m.roleid FROM pg_auth_members m JOIN closure c ON m.member = c.oid
+)
+SELECT c.target, r.rolname::text, {attributes}, r.rolname = ANY(%(powerful)s) OR r.rolname = current_user
+  FROM closure c JOIN pg_roles r ON r.oid = c.oid
+""").format(attributes=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(a) for a in ADMINISTRATIVE_ATTRIBUTES))
 
-    The admin secret changes application users' passwords, never an administrator's: a user secret edited
-    to name one would otherwise hand that role's new password to whoever can read the user secret.
+
+def refuse_administrative(conn: psycopg.Connection, targets: list[str]) -> set[str]:
+    """The targets that exist; raises when one of them is administrative, by attribute or membership.
+
+    The admin secret changes application users' passwords, never an administrator's: a user secret edited to
+    name one (or a role that belongs to one, however indirectly) would otherwise hand its power to whoever can
+    read the user secret.
     """
-    row = conn.execute(
-        "SELECT rolsuper OR rolcreaterole OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
-        (username,),
-    ).fetchone()
-    if row is None:
-        return None
-    if row[0] or username == admin.username:
-        raise PrivilegeError(f"refusing to set the password of {username!r} with the admin secret: it is an "
-                             "administrative role (superuser, CREATEROLE, REPLICATION or BYPASSRLS)")
-    return username
+    existing: set[str] = set()
+    for target, role, *flags, powerful in conn.execute(
+            _ADMINISTRATIVE_CLOSURE, {"targets": targets, "powerful": sorted(POWERFUL_ROLES)}).fetchall():
+        existing.add(target)
+        held = [attribute.removeprefix("rol").upper()
+                for attribute, flag in zip(ADMINISTRATIVE_ATTRIBUTES, flags, strict=True) if flag]
+        if powerful:
+            held.append("server-wide power (the admin's own role or a role such as rds_superuser or "
+                        "pg_write_all_data)")
+        if held:
+            through = "" if role == target else f" through its membership of {role!r}"
+            raise AdministrativeRoleRefused(
+                f"refusing to change role {target!r} with the admin secret: it holds {', '.join(held)}{through}; "
+                "the admin secret only rotates application roles"
+            )
+    return existing
 
 
 def _alter_password(conn: psycopg.Connection, username: str, new_password: str) -> None:

@@ -34,12 +34,20 @@ def _require_mapping(event: Any, what: str) -> Mapping[str, Any]:
     return event
 
 
+#: Secrets Manager's own limit on a SecretId (an ARN or a name), and generous for tokens: a longer value is not an
+#: id, and is not echoed into every log line and error message of the invocation.
+MAX_ID_LENGTH = 2048
+
+
 def _require_text(event: Mapping[str, Any], key: str, what: str) -> str:
     value = event.get(key)
     if value is None:
         raise InvalidEventError(f"{what} event is missing the key {key!r}")
     if not isinstance(value, str) or not value.strip():
         raise InvalidEventError(f"{what} event key {key!r} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidEventError(f"{what} event key {key!r} is {len(value)} characters long; at most "
+                                f"{MAX_ID_LENGTH} are accepted")
     return value
 
 

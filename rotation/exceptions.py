@@ -120,3 +120,40 @@ class LocalToolError(RotationError):
     """
 
     code = "LocalToolError"
+
+
+class AdminEndpointUnknown(ConfigurationError):
+    """The admin secret names no server, and neither the RDS API nor ADMIN_ENDPOINT says which one it is for."""
+
+    code = "AdminEndpointUnknown"
+
+
+class ForeignEndpoint(RotationStateError):
+    """A user secret points at a server that is not the admin secret's (nor another endpoint of its cluster)."""
+
+    code = "ForeignEndpoint"
+
+
+class AdministrativeRoleRefused(PrivilegeError):
+    """The admin secret was asked to reset or clone a role with administrative power; it never does."""
+
+    code = "AdministrativeRoleRefused"
+
+
+class AuthenticationMethodRejected(ConnectionRejected):
+    """The server authenticates this role by another method than a password (IAM/PAM, LDAP, ident, GSS, cert):
+    no password the rotation could set would help."""
+
+    code = "AuthenticationMethodRejected"
+
+
+class RdsApiError(RotationError):
+    """An RDS API call (DescribeDBClusters / DescribeDBInstances) failed."""
+
+    code = "RdsApiError"
+
+
+class RdsApiUnreachable(RdsApiError):
+    """No network route to the RDS API endpoint."""
+
+    code = "RdsApiUnreachable"

@@ -22,6 +22,13 @@ def build_database(settings: Settings):
     return PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert)
 
 
+def build_directory():
+    # Deferred: only an admin secret without a host (RDS-managed) or an endpoint outside the admin's needs it.
+    from rotation.rds_directory import default_directory
+
+    return default_directory()
+
+
 def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Secrets Manager's rotation entry point; also answers ``{"Preflight": true, "SecretId": ...}``."""
     start_invocation(context)
@@ -38,6 +45,7 @@ def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
             database=lambda: build_database(settings),
             settings=settings,
             annotate=annotate,
+            directory=build_directory,
         )
         outcome = rotation.run(request)
         logger.info(outcome.action, extra={"changed": outcome.changed})

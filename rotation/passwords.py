@@ -6,6 +6,7 @@ operating system's CSPRNG locally with the same variables and defaults, so a mig
 
 from __future__ import annotations
 
+import math
 import secrets
 import string
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 DEFAULT_EXCLUDE_CHARACTERS = ":/@\"'\\"
 DEFAULT_LENGTH = 32
 MAX_LENGTH = 4096
+#: Below this a password could be guessed offline from a leaked verifier or log; AWS's default policy gives ~206.
+MIN_ENTROPY_BITS = 96
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -63,8 +66,18 @@ class PasswordPolicy:
                 "REQUIRE_EACH_INCLUDED_TYPE", env.get("REQUIRE_EACH_INCLUDED_TYPE"), True
             ),
         )
-        policy.character_classes()  # validate eagerly: a bad policy should fail before any step runs
+        policy.check_strength()  # validate eagerly: a bad policy should fail before any step runs
         return policy
+
+    def check_strength(self) -> None:
+        """Refuse a policy that cannot produce passwords, or only guessable ones."""
+        alphabet = len(set("".join(self.character_classes())))
+        bits = self.length * math.log2(alphabet) if alphabet > 1 else 0.0
+        if bits < MIN_ENTROPY_BITS:
+            raise ConfigurationError(
+                f"the password policy gives {bits:.0f} bits of entropy ({self.length} characters from {alphabet}), "
+                f"fewer than {MIN_ENTROPY_BITS}: raise PASSWORD_LENGTH or relax EXCLUDE_CHARACTERS / EXCLUDE_*"
+            )
 
     def character_classes(self) -> list[str]:
         if not 1 <= self.length <= MAX_LENGTH:

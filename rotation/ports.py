@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rotation.credentials import DatabaseCredentials
+from rotation.topology import ClusterTopology, Endpoint
 
 AWSCURRENT = "AWSCURRENT"
 AWSPENDING = "AWSPENDING"
@@ -23,6 +24,8 @@ class SecretMetadata:
     rotation_enabled: bool
     #: version id -> staging labels, as DescribeSecret's VersionIdsToStages.
     versions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: The secret's tags (an RDS-managed master secret names its cluster or instance in one).
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def version_with(self, stage: str) -> str | None:
         for version_id, stages in self.versions.items():
@@ -50,6 +53,18 @@ class SecretStore(Protocol):
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None: ...
 
 
+class ClusterDirectory(Protocol):
+    """The RDS API's view of clusters and instances: the authority on which endpoints belong together."""
+
+    def cluster(self, identifier: str) -> ClusterTopology:
+        """A cluster's endpoints, by identifier or ARN; raises when the API cannot say."""
+        ...
+
+    def instance(self, identifier: str) -> Endpoint:
+        """An instance's endpoint, by identifier or ARN; raises when the API cannot say."""
+        ...
+
+
 class Database(Protocol):
     def can_login(self, creds: DatabaseCredentials) -> bool:
         """True when the credentials log in, False when the server refuses them; raises when unreachable."""
@@ -60,7 +75,7 @@ class Database(Protocol):
         ...
 
     def set_password(self, admin: DatabaseCredentials, username: str, new_password: str) -> None:
-        """Log in as ``admin`` and set an existing role's password."""
+        """Log in as ``admin`` and set an existing role's password (never an administrative role's)."""
         ...
 
     def ensure_login_role(

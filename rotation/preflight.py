@@ -36,18 +36,22 @@ from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.database import PostgresDatabase
 from rotation.events import PreflightEvent
 from rotation.exceptions import (
+    AdminEndpointUnknown,
     ConfigurationError,
     DatabaseUnreachable,
+    ForeignEndpoint,
     LoginRefused,
+    RdsApiError,
     RotationError,
-    RotationStateError,
     SecretsManagerError,
     SecretsManagerUnreachable,
     TLSError,
 )
 from rotation.observability import logger
+from rotation.policy import AdminServer
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
 from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
+from rotation.rds_directory import RDS_API_FIX, default_directory
 from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, secrets_manager_client, unreachable_fix
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
@@ -102,6 +106,8 @@ ADMIN_READ_FIX = (
     "the execution role needs secretsmanager:GetSecretValue on the masterarn secret (and kms:Decrypt when it "
     "uses a customer managed key); the masterarn key must hold that secret's full ARN"
 )
+#: Reports go to whoever may invoke the function: they name no admin user or host.
+ADMIN_NAME_IN_REPORTS = "<admin user>"
 CREATEROLE_FIX = (
     "point masterarn at the cluster's master user secret (on Aurora it has CREATEROLE through rds_superuser), "
     "or ALTER ROLE {admin} CREATEROLE as a superuser"
@@ -209,6 +215,7 @@ class _Facts:
     postgres_answers: bool = False
     tls_offered: bool | None = None
     admin: DatabaseCredentials | None = None
+    admin_server: AdminServer | None = None
     admin_row: tuple[int, bool, bool] | None = None
     #: role name -> (is superuser, admin holds ADMIN OPTION on it)
     target_roles: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
@@ -496,23 +503,40 @@ class Preflight:
             return skip("no well-formed AWSCURRENT secret")
         if not creds.masterarn:
             return skip("no masterarn: single-user rotation, the user changes its own password")
+        # The rotation's own read and policy: the admin's server from the admin side only, and the user secret
+        # pointing at it. Whoever invokes the preflight learns whether that holds, not who or where the admin is.
         try:
-            # The rotation's own read, including its refusal to send admin credentials to another host.
-            admin = SecretReads(facts.store, facts.metadata).admin(creds)
-        except RotationStateError as exc:
-            return fail(str(exc), "give both secrets the same host, or the same dbClusterIdentifier")
-        return ok(f"admin secret {creds.masterarn} is readable: user {admin.username!r} at {admin.address}",
-                  admin=admin)
+            access = SecretReads(facts.store, facts.metadata, facts.settings, default_directory).admin(creds)
+        except ForeignEndpoint:
+            return fail("admin secret readable, but the user secret does not point at the admin's server or another "
+                        "endpoint of its cluster: the rotation refuses to use the admin for it",
+                        "point the user secret's host and port at the cluster's endpoint (writer, reader, instance "
+                        "or custom, as the RDS API lists them)")
+        except AdminEndpointUnknown:
+            return fail("admin secret readable; admin endpoint resolved: no (the admin secret names no host and "
+                        "is not tagged as RDS-managed)", "add host/port to the admin secret, or set ADMIN_ENDPOINT "
+                        "on the function")
+        except RdsApiError as exc:
+            return fail(f"admin secret readable; admin endpoint resolved: no (the RDS API: {type(exc).__name__})",
+                        RDS_API_FIX)
+        return ok("admin secret readable; admin endpoint resolved: yes; the user secret points at the admin's "
+                  "cluster", admin=access.creds, admin_server=access.server)
 
     def _admin_login(self, facts: _Facts) -> Finding:
-        admin, creds = facts.admin, facts.current
-        if admin is None or creds is None:
+        admin, server, creds = facts.admin, facts.admin_server, facts.current
+        if admin is None or server is None or creds is None:
             return skip("no readable admin secret")
-        if admin.address == creds.address and not facts.postgres_answers:
+        if server.endpoint == creds.endpoint and not facts.postgres_answers:
             return skip("the database port did not answer")
         roles = _target_roles(creds, facts.strategy)
+        database = self._database(facts)
+        # The rotation's confused-deputy guard, here too: the admin logs in only for a secret whose AWSCURRENT
+        # has just logged in on the admin's own server.
+        if not database.can_login(server.login(creds)):
+            return fail("AWSCURRENT does not log in on the admin's server; the admin secret is not used for it",
+                        "the secret's password must be the database's (rotation repair explains a stuck rotation)")
         try:
-            with self._database(facts).connect(admin) as conn:
+            with database.connect(admin, as_admin=True) as conn:
                 admin_row = conn.execute(
                     "SELECT current_setting('server_version_num')::int, rolsuper, rolcreaterole "
                     "FROM pg_roles WHERE rolname = current_user"
@@ -524,11 +548,11 @@ class Preflight:
                     "FROM pg_roles WHERE rolname = ANY(%s)",
                     (list(roles),),
                 ).fetchall()
-        except LoginRefused as exc:
-            return fail(str(exc), "the admin secret's password is not the database's: correct the admin secret "
-                        "(for an RDS-managed master secret, check that its rotation completed)")
-        return ok(f"admin secret logs in as {admin.username!r} at {admin.address}/{admin.dbname}",
-                  admin_row=tuple(admin_row),
+        except LoginRefused:
+            return fail("the admin secret's password is refused on the admin's server",
+                        "correct the admin secret (for an RDS-managed master secret, check that its rotation "
+                        "completed)")
+        return ok("admin secret logs in on the admin's server (SCRAM only)", admin_row=tuple(admin_row),
                   target_roles={name: (bool(is_super), bool(has_admin)) for name, is_super, has_admin in target_rows})
 
     @staticmethod
@@ -536,7 +560,7 @@ class Preflight:
         admin, creds = facts.admin, facts.current
         if admin is None or creds is None or facts.admin_row is None:
             return skip("the admin secret did not log in")
-        return _judge_admin_privileges(admin.username, creds, facts.strategy, facts.admin_row, facts.target_roles)
+        return _judge_admin_privileges(creds, facts.strategy, facts.admin_row, facts.target_roles)
 
 
 def _unreachable_why(exc: SecretsManagerUnreachable) -> str:
@@ -557,8 +581,9 @@ def _target_roles(creds: DatabaseCredentials, strategy: Strategy | None) -> tupl
     return (creds.username,)
 
 
-def _judge_admin_privileges(admin: str, creds: DatabaseCredentials, strategy: Strategy | None,
+def _judge_admin_privileges(creds: DatabaseCredentials, strategy: Strategy | None,
                             admin_row: tuple[int, bool, bool], roles: Mapping[str, tuple[bool, bool]]) -> Finding:
+    admin = ADMIN_NAME_IN_REPORTS
     version_num, is_super, can_create = admin_row
     major = version_num // 10000
     if is_super:

@@ -14,13 +14,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from rotation.config import Settings, StrategyName
 from rotation.credentials import DatabaseCredentials, check_identifier, parse_secret_string
 from rotation.events import RotationEvent, Step
-from rotation.exceptions import LoginRefused, PendingValueMissing, RotationStateError, SecretFormatError
-from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, Database, SecretMetadata, SecretStore
+from rotation.exceptions import (
+    ConfigurationError,
+    LoginRefused,
+    PendingValueMissing,
+    RotationStateError,
+    SecretFormatError,
+)
+from rotation.policy import AdminServer, locate_admin_server, pending_mismatch, require_same_cluster
+from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, ClusterDirectory, Database, SecretMetadata, SecretStore
 
 CLONE_SUFFIX = "_clone"
 ALREADY_SET = "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
@@ -47,61 +53,79 @@ def original_role(username: str) -> str:
     return username.removesuffix(CLONE_SUFFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class AdminAccess:
+    """The admin's login, on the admin's server (see rotation.policy)."""
+
+    creds: DatabaseCredentials
+    server: AdminServer
+
+
 class SecretReads:
     """Secret reads for one step, parsed and named for error messages."""
 
-    def __init__(self, store: SecretStore, metadata: SecretMetadata) -> None:
+    def __init__(self, store: SecretStore, metadata: SecretMetadata, settings: Settings | None = None,
+                 directory: Callable[[], ClusterDirectory] | None = None) -> None:
         self._store = store
         self.metadata = metadata
+        self._settings = settings or Settings()
+        self._directory = directory or _no_directory
 
     def user(self, stage: str, version_id: str | None = None) -> DatabaseCredentials:
         source = f"{stage} version of secret {self.metadata.arn}"
         raw = self._store.get_secret_string(self.metadata.arn, stage, version_id)
         return DatabaseCredentials.from_secret(parse_secret_string(raw, source), source)
 
-    def admin(self, user: DatabaseCredentials) -> DatabaseCredentials:
-        if not user.masterarn:
+    def admin(self, user: DatabaseCredentials) -> AdminAccess:
+        """The admin secret's login on the admin's own server, after checking ``user`` points at that server.
+
+        Nothing in the user secret decides where or how the admin connects: host, port and TLS mode come from
+        the admin side (rotation.policy.locate_admin_server).
+        """
+        masterarn = user.masterarn
+        if not masterarn:
             raise SecretFormatError(
                 f"secret {self.metadata.arn} has no 'masterarn' key: this strategy needs the ARN of the admin "
                 "secret that may change this user's password"
             )
-        source = f"admin secret {user.masterarn} (masterarn of {self.metadata.arn})"
-        document = parse_secret_string(self._store.get_secret_string(user.masterarn, AWSCURRENT), source)
-        _refuse_foreign_admin(document, user, source)
-        return DatabaseCredentials.admin_from_secret(document, source, fallback=user)
+        source = f"admin secret {masterarn} (masterarn of {self.metadata.arn})"
+        document = parse_secret_string(self._store.get_secret_string(masterarn, AWSCURRENT), source)
+        server = locate_admin_server(document, source, settings=self._settings,
+                                     tags=lambda: self._store.describe(masterarn).tags, directory=self._directory)
+        server = require_same_cluster(user.endpoint, server, self._directory, f"secret {self.metadata.arn}")
+        creds = DatabaseCredentials.admin_from_secret(document, source, endpoint=server.endpoint,
+                                                      sslmode=server.sslmode, dbname=user.dbname)
+        return AdminAccess(creds, server)
 
 
-def _refuse_foreign_admin(admin_document: dict[str, Any], user: DatabaseCredentials, source: str) -> None:
-    """Confused-deputy guard: never send admin credentials to a host other than the admin's own server.
-
-    Whoever can edit the user secret can change its host; if we followed it, the admin's SCRAM exchange
-    would go to their server. An RDS-managed admin secret has no host: then the AWSCURRENT login check
-    (alternating users) or the user's own secret is all we have, as in AWS's functions.
-    """
-    admin_host = admin_document.get("host")
-    if admin_host is None or admin_host == user.host:
-        return
-    admin_cluster = admin_document.get("dbClusterIdentifier")
-    if admin_cluster and admin_cluster == user.document.get("dbClusterIdentifier"):
-        return
-    raise RotationStateError(
-        f"{source} is for host {admin_host!r} but the user secret points at {user.host!r}; refusing to use admin "
-        "credentials against a different host (set the same host, or the same dbClusterIdentifier, in both)"
-    )
+def _no_directory() -> ClusterDirectory:
+    raise ConfigurationError("no RDS API client was configured for this rotation")
 
 
-def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCredentials, arn: str) -> None:
+def _refuse_redirected_pending(current: DatabaseCredentials, pending: DatabaseCredentials, expected_username: str,
+                               arn: str) -> None:
     """createSecret copies AWSCURRENT; a pending version aimed elsewhere was not written by us."""
-    if not pending.same_database(current):
-        raise RotationStateError(
-            f"AWSPENDING of secret {arn} points at {pending.address}/{pending.dbname} but AWSCURRENT at "
-            f"{current.address}/{current.dbname}; refusing to set a password on a different database"
-        )
-    if pending.sslmode != current.sslmode:
-        raise RotationStateError(
-            f"AWSPENDING of secret {arn} connects with sslmode={pending.sslmode} but AWSCURRENT with "
-            f"sslmode={current.sslmode}; refusing a pending version that changes how the password travels"
-        )
+    problem = pending_mismatch(current, pending, {expected_username})
+    if problem:
+        raise RotationStateError(f"AWSPENDING of secret {arn} is not what createSecret writes from AWSCURRENT: "
+                                 f"{problem}; refusing to set its password")
+
+
+def _prove_current(reads: SecretReads, db: Database, admin: AdminAccess, current: DatabaseCredentials,
+                   pending: DatabaseCredentials) -> bool:
+    """Confused-deputy guard: the requester proves AWSCURRENT's password on the admin's own server.
+
+    Returns False when AWSCURRENT is refused but AWSPENDING already logs in there (an earlier attempt set it,
+    single-user through the admin); raises when neither does.
+    """
+    if db.can_login(admin.server.login(current)):
+        return True
+    if pending.username == current.username and db.can_login(admin.server.login(pending)):
+        return False
+    raise LoginRefused(
+        f"AWSCURRENT of secret {reads.metadata.arn} (user {current.username!r}) does not log in at the admin's "
+        f"server {admin.server.describe()}; refusing to use the admin secret for it"
+    )
 
 
 class SingleUser:
@@ -115,11 +139,6 @@ class SingleUser:
 
     def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
                      pending: DatabaseCredentials) -> tuple[str, bool]:
-        if pending.username != current.username:
-            raise RotationStateError(
-                f"AWSPENDING of secret {reads.metadata.arn} is for user {pending.username!r} but AWSCURRENT is "
-                f"for {current.username!r}; single-user rotation changes one user's password only"
-            )
         if current.masterarn:
             return self._set_with_admin(reads, db, current, pending)
         try:
@@ -130,7 +149,7 @@ class SingleUser:
                 return ALREADY_SET, False
             previous = self._previous(reads)
             # An older version aimed at another server or user is no key to this one.
-            if previous is not None and previous.same_database(current) and previous.username == current.username:
+            if previous is not None and pending_mismatch(current, previous, {current.username}) is None:
                 try:
                     db.change_own_password(previous, pending.password)
                     return f"password of {pending.username!r} changed with the AWSPREVIOUS credentials", True
@@ -146,20 +165,10 @@ class SingleUser:
                         pending: DatabaseCredentials) -> tuple[str, bool]:
         """rds.restrict_password_commands: only rds_password members may change passwords, so the user
         cannot change its own; the admin secret does it, under the same guard as alternating users."""
-        if not db.can_login(current):
-            if db.can_login(pending):
-                return ALREADY_SET, False
-            raise LoginRefused(
-                f"neither AWSCURRENT nor AWSPENDING of secret {reads.metadata.arn} logs in as "
-                f"{current.username!r} at {current.address}; refusing to use the admin secret for it"
-            )
         admin = reads.admin(current)
-        if admin.username == pending.username:
-            raise RotationStateError(
-                f"secret {reads.metadata.arn} names the admin user {admin.username!r} itself; the admin secret "
-                "only changes other users' passwords"
-            )
-        db.set_password(admin, pending.username, pending.password)
+        if not _prove_current(reads, db, admin, current, pending):
+            return ALREADY_SET, False
+        db.set_password(admin.creds, pending.username, pending.password)
         return f"password of {pending.username!r} changed by the admin secret", True
 
     @staticmethod
@@ -180,22 +189,11 @@ class AlternatingUsers:
 
     def set_password(self, reads: SecretReads, db: Database, current: DatabaseCredentials,
                      pending: DatabaseCredentials) -> tuple[str, bool]:
-        expected = toggle_clone(current.username)
-        if pending.username != expected:
-            raise RotationStateError(
-                f"AWSPENDING of secret {reads.metadata.arn} is for user {pending.username!r}; alternating users "
-                f"expects {expected!r} (the alternate of AWSCURRENT's {current.username!r})"
-            )
-        # The admin secret can change any role's password: only act for a secret whose current
-        # credentials prove it belongs to a working user on that server (confused-deputy guard).
-        if not db.can_login(current):
-            raise LoginRefused(
-                f"AWSCURRENT of secret {reads.metadata.arn} (user {current.username!r}) no longer logs in at "
-                f"{current.address}; refusing to use the admin secret for it"
-            )
+        admin = reads.admin(current)
+        _prove_current(reads, db, admin, current, pending)
         original = original_role(pending.username)
         acts_as = original if pending.username != original else None
-        created = db.ensure_login_role(reads.admin(current), pending.username, pending.password, acts_as)
+        created = db.ensure_login_role(admin.creds, pending.username, pending.password, acts_as)
         if created:
             return f"created {pending.username!r} as a login member of {original!r}", True
         return f"password of {pending.username!r} changed by the admin secret", True
@@ -220,11 +218,13 @@ class Rotation:
     """One invocation's worth of protocol. The database is built lazily: two of the four steps never need it."""
 
     def __init__(self, store: SecretStore, database: Callable[[], Database], settings: Settings,
-                 annotate: Callable[..., None] = lambda **_: None) -> None:
+                 annotate: Callable[..., None] = lambda **_: None,
+                 directory: Callable[[], ClusterDirectory] | None = None) -> None:
         self._store = store
         self._database_factory = database
         self._settings = settings
         self._annotate = annotate
+        self._directory = directory
 
     def run(self, event: RotationEvent) -> StepOutcome:
         metadata = self._store.describe(event.secret_id)
@@ -238,7 +238,7 @@ class Rotation:
             Step.TEST: self._test_secret,
             Step.FINISH: self._finish_secret,
         }
-        return steps[event.step](event, SecretReads(self._store, metadata))
+        return steps[event.step](event, SecretReads(self._store, metadata, self._settings, self._directory))
 
     @staticmethod
     def _check_token(metadata: SecretMetadata, event: RotationEvent) -> StepOutcome | None:
@@ -283,7 +283,7 @@ class Rotation:
         current = reads.user(AWSCURRENT)
         pending = reads.user(AWSPENDING, event.token)
         strategy = self._strategy(current, arn)
-        _refuse_redirected_pending(current, pending, arn)
+        _refuse_redirected_pending(current, pending, strategy.pending_username(current), arn)
         action, changed = strategy.set_password(reads, self._database_factory(), current, pending)
         return StepOutcome(event.step, action, changed, strategy.name, pending.username)
 

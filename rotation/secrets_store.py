@@ -161,6 +161,7 @@ class SecretsManagerStore:
             versions={
                 version: frozenset(stages) for version, stages in response.get("VersionIdsToStages", {}).items()
             },
+            tags={tag["Key"]: tag.get("Value", "") for tag in response.get("Tags", ()) if "Key" in tag},
         )
 
     def get_secret_string(self, secret_id: str, stage: str = AWSCURRENT, version_id: str | None = None) -> str:

@@ -32,6 +32,7 @@ from rotation.exceptions import (
     SecretFormatError,
     VerificationError,
 )
+from rotation.policy import pending_mismatch
 from rotation.ports import AWSCURRENT, AWSPENDING, Database, SecretMetadata
 from rotation.protocol import CLONE_SUFFIX, choose_strategy, original_role
 from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
@@ -219,16 +220,13 @@ class Repair:
         if current is None:
             return _state(state, Login.NOT_CHECKED, "AWSCURRENT is unreadable, so nothing proves AWSPENDING is for "
                           "the same database; not tried", pending.username)
-        # createSecret copies AWSCURRENT and changes only the username (alternating) and the password: anything
-        # else was not written by a rotation, and promoting it could point the application at another server.
-        same_target = pending.same_database(current)
         # The user and its alternate, built without toggle_clone's length check: a single-user name of 58 to 63
         # bytes has no valid alternate, and must not abort the analysis.
         original = original_role(current.username)
-        if not same_target or pending.username not in {original, original + CLONE_SUFFIX}:
-            return _state(state, Login.ELSEWHERE, f"it is for {pending.username!r} at {pending.address}/"
-                          f"{pending.dbname}, which a rotation of AWSCURRENT ({current.username!r} at "
-                          f"{current.address}/{current.dbname}) would not write; not tried", pending.username)
+        problem = pending_mismatch(current, pending, {original, original + CLONE_SUFFIX})
+        if problem:
+            return _state(state, Login.ELSEWHERE, f"a rotation of AWSCURRENT would not write it ({problem}); not "
+                          "tried", pending.username)
         try:
             # testSecret's own check: logs in, is who it says, holds the original role's privileges.
             self._database.verify(pending, strategy.member_of(pending))

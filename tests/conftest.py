@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import helpers
@@ -48,6 +49,9 @@ def pg_tls() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def sm() -> Iterator[LocalSecretsManager]:
     with LocalSecretsManager() as manager:
+        # moto loads a service's backend on its first request, seconds on a busy machine: pay it here, not inside
+        # a test's own time limit.
+        manager.rds_client().describe_db_clusters()
         yield manager
 
 
@@ -70,6 +74,18 @@ def aws_env(sm: LocalSecretsManager, monkeypatch: pytest.MonkeyPatch) -> dict[st
 def cluster(pg: PostgresServer) -> dict[str, Any]:
     """The master secret (RDS format) of an Aurora-like setup on ``pg``: a non-superuser CREATEROLE master."""
     return setup_aurora_like(pg)
+
+
+@pytest.fixture
+def aurora(sm, pg, cluster, monkeypatch):
+    """An Aurora cluster in the RDS API whose endpoint names stand for ``pg`` (libpq's PGHOSTADDR maps every name
+    to 127.0.0.1), with an RDS-managed master secret: username and password only, tagged with the cluster."""
+    identifier = f"aurora-{uuid.uuid4().hex[:8]}"
+    info = sm.create_aurora_cluster(identifier, pg.port, cluster)
+    monkeypatch.setenv("PGHOSTADDR", "127.0.0.1")
+    monkeypatch.setenv("ADMIN_SSLMODE", "disable")  # the wheel's server has no TLS; the TLS test uses PG 15
+    return SimpleNamespace(identifier=identifier, writer=info["Endpoint"], reader=info["ReaderEndpoint"],
+                           managed_arn=info["MasterUserSecret"]["SecretArn"])
 
 
 @pytest.fixture

@@ -8,8 +8,16 @@ from __future__ import annotations
 import json
 
 from rotation.credentials import DatabaseCredentials
-from rotation.exceptions import LoginRefused, PendingValueMissing, SecretsManagerError, VerificationError
+from rotation.exceptions import (
+    DatabaseUnreachable,
+    LoginRefused,
+    PendingValueMissing,
+    RdsApiError,
+    SecretsManagerError,
+    VerificationError,
+)
 from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, SecretMetadata
+from rotation.topology import ClusterTopology, Endpoint
 
 
 class FakeStore:
@@ -17,10 +25,12 @@ class FakeStore:
         self.values: dict[str, dict[str, str | None]] = {}  # arn -> version -> SecretString
         self.stages: dict[str, dict[str, set[str]]] = {}  # arn -> version -> labels
         self.rotation_enabled: dict[str, bool] = {}
+        self.tags: dict[str, dict[str, str]] = {}
         self.calls: list[str] = []
         self.seen: set[tuple[str, str]] = set()
 
-    def create(self, arn: str, document: dict, version: str = "v0") -> str:
+    def create(self, arn: str, document: dict, version: str = "v0", tags: dict[str, str] | None = None) -> str:
+        self.tags[arn] = dict(tags or {})
         self.values[arn] = {version: json.dumps(document)}
         self.stages[arn] = {version: {AWSCURRENT}}
         self.rotation_enabled[arn] = True
@@ -43,6 +53,7 @@ class FakeStore:
             name=secret_id,
             rotation_enabled=self.rotation_enabled[secret_id],
             versions={v: frozenset(labels) for v, labels in self.stages[secret_id].items() if labels},
+            tags=self.tags.get(secret_id, {}),
         )
 
     def get_secret_string(self, secret_id: str, stage: str, version_id: str | None = None) -> str:
@@ -81,18 +92,53 @@ class FakeStore:
         self.stages[secret_id][to_version].add(AWSCURRENT)
 
 
-class FakeDatabase:
-    """Roles with passwords and memberships; logins check the password like the server would."""
+DEFAULT_ENDPOINT = Endpoint("db", 5432)
 
-    def __init__(self, roles: dict[str, str], admin: str | None = None) -> None:
+
+class FakeDirectory:
+    """The RDS API's answers: cluster and instance identifiers (or ARNs) to endpoints."""
+
+    def __init__(self, clusters: dict[str, ClusterTopology] | None = None,
+                 instances: dict[str, Endpoint] | None = None) -> None:
+        self.clusters = dict(clusters or {})
+        self.instances = dict(instances or {})
+        self.calls: list[str] = []
+
+    def cluster(self, identifier: str) -> ClusterTopology:
+        self.calls.append(f"cluster:{identifier}")
+        if identifier not in self.clusters:
+            raise RdsApiError(f"the RDS API knows no cluster {identifier}")
+        return self.clusters[identifier]
+
+    def instance(self, identifier: str) -> Endpoint:
+        self.calls.append(f"instance:{identifier}")
+        if identifier not in self.instances:
+            raise RdsApiError(f"the RDS API knows no instance {identifier}")
+        return self.instances[identifier]
+
+
+class FakeDatabase:
+    """A server's roles with passwords and memberships; logins check the address and the password like libpq and
+    the server would. ``decoys``: other servers (address -> role passwords) someone may point a secret at."""
+
+    def __init__(self, roles: dict[str, str], admin: str | None = None, endpoint: Endpoint = DEFAULT_ENDPOINT,
+                 decoys: dict[Endpoint, dict[str, str]] | None = None) -> None:
         self.passwords = dict(roles)
         self.members: dict[str, set[str]] = {}
         self.admin = admin
+        self.endpoint = endpoint
+        self.decoys = dict(decoys or {})
         self.connections = 0
+        #: (address, username) of every login attempt, in order.
+        self.logins: list[tuple[Endpoint, str]] = []
 
     def _login(self, creds: DatabaseCredentials) -> None:
         self.connections += 1
-        if self.passwords.get(creds.username) != creds.password:
+        self.logins.append((creds.endpoint, creds.username))
+        passwords = self.passwords if creds.endpoint == self.endpoint else self.decoys.get(creds.endpoint)
+        if passwords is None:
+            raise DatabaseUnreachable(f"cannot reach {creds.address}")
+        if passwords.get(creds.username) != creds.password:
             raise LoginRefused(f"login refused for user {creds.username!r}")
 
     def can_login(self, creds: DatabaseCredentials) -> bool:

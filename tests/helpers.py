@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -76,3 +78,90 @@ def blackhole_listener() -> Iterator[int]:
         port = listener.getsockname()[1]
         filler.connect(("127.0.0.1", port))
         yield port
+
+
+# --- a relay an attacker could put between the function and the server ----------------------------------
+
+_SSL_REQUEST_CODE = 80877103
+_PROTOCOL_3 = 196608
+
+
+class RecordingRelay:
+    """A TCP relay on 127.0.0.1 that forwards to a server and records the first packet of every connection.
+
+    What an attacker who can run a process the function reaches would do: a plaintext startup packet shows
+    who logs in through it, an SSLRequest shows the client insisted on TLS. Bounded: it stops with the block.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self._target = (target_host, target_port)
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self.first_packets: list[bytes] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> RecordingRelay:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self._target, timeout=5) as server:
+            client.settimeout(0.2)
+            server.settimeout(0.2)
+            first = True
+            while not self._stop.is_set():
+                for source, sink in ((client, server), (server, client)):
+                    try:
+                        data = source.recv(65536)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    if first and source is client:
+                        self.first_packets.append(data)
+                        first = False
+                    sink.sendall(data)
+
+    @property
+    def tls_requests(self) -> int:
+        return sum(1 for packet in self.first_packets if _code(packet) == _SSL_REQUEST_CODE)
+
+    @property
+    def plaintext_logins(self) -> list[str]:
+        """The user names of startup packets sent in plaintext through the relay."""
+        users = []
+        for packet in self.first_packets:
+            if _code(packet) != _PROTOCOL_3:
+                continue
+            fields = packet[8:].split(b"\x00")
+            pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+            users.append(pairs.get(b"user", b"").decode(errors="replace"))
+        return users
+
+
+def _code(packet: bytes) -> int | None:
+    return struct.unpack("!I", packet[4:8])[0] if len(packet) >= 8 else None

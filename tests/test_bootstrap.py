@@ -30,16 +30,17 @@ from rotation.events import Step
 from rotation.exceptions import (
     BootstrapError,
     DatabaseUnreachable,
+    ForeignEndpoint,
     InvalidEventError,
     PrivilegeError,
     RotationError,
     SecretsManagerError,
     SecretsManagerUnreachable,
 )
+from rotation.secrets_store import secrets_manager_client
 from rotation_tools.local.aurora import setup_aurora_like
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.postgres import PostgresServer
-from rotation.secrets_store import secrets_manager_client
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 INSERT = "INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)"
@@ -458,17 +459,20 @@ def test_a_rerun_during_a_rotation_never_resets_the_password(bootstrap, cluster,
 # --------------------------------------------------------------------------------- master secrets
 
 
-def test_rds_managed_master_secret_with_host_given(cluster, store_secret, sm, username) -> None:
-    managed = store_secret({"username": cluster["username"], "password": cluster["password"]},
-                           name=f"rds!db-{uuid.uuid4().hex[:8]}")
-    event = {"MasterSecretId": managed, "Username": username, "Host": cluster["host"],
-             "Port": str(cluster["port"]), "DBName": "appdb", "SSL": "false"}
+@pytest.mark.parametrize("endpoint", ["writer", "reader"])
+def test_rds_managed_master_secret_located_through_the_rds_api(aurora, sm, username, endpoint) -> None:
+    """The master secret RDS manages holds only username and password: the RDS API names its cluster's writer, and
+    the event may give the cluster's reader endpoint for the new secret."""
+    event = {"MasterSecretId": aurora.managed_arn, "Username": username, "DBName": "appdb"}
+    if endpoint == "reader":
+        event["Host"] = aurora.reader
 
     response = handler.bootstrap(event, None)
 
     secret = sm.value(response["SecretArn"])
-    assert secret["host"] == cluster["host"] and secret["port"] == cluster["port"]
-    assert response["SecretArn"].split(":")[-1].startswith(f"rds-db-credentials/{cluster['host']}/{username}")
+    assert secret["host"] == getattr(aurora, endpoint)
+    assert secret["dbClusterIdentifier"] == aurora.identifier
+    assert response["SecretArn"].split(":")[-1].startswith(f"rds-db-credentials/{aurora.identifier}/{username}")
     assert select_titles(secret) == ["Bananas"]
 
 
@@ -520,8 +524,8 @@ FAILURES = {
     "schema-does-not-exist": Failure({"Schemas": ["nope"]}, BootstrapError, ("schema 'nope' does not exist",)),
     "master-without-createrole": Failure({}, PrivilegeError, ("neither CREATEROLE nor SUPERUSER",),
                                          lambda pg, cluster, app, weak, user: {"MasterSecretId": weak}),
-    "unreachable-host": Failure({}, DatabaseUnreachable, ("cannot reach 127.0.0.1", "refused"),
-                                lambda *_: {"Port": unused_port()}),
+    "event-port-of-another-server": Failure({}, ForeignEndpoint, ("aimed at another server",),
+                                            lambda *_: {"Port": unused_port()}),
     "master-secret-does-not-exist": Failure({"MasterSecretId": "rds!cluster-missing"}, SecretsManagerError,
                                             ("rds!cluster-missing", "ResourceNotFoundException")),
     "write-privilege-the-master-cannot-revoke": Failure(
@@ -530,6 +534,14 @@ FAILURES = {
     "an-administrators-group-as-username": Failure({"Username": "rds_superuser"}, BootstrapError,
                                                    ("administrators' group",)),
 }
+
+
+def test_an_unreachable_master_server_says_so_and_creates_nothing(cluster, store_secret, sm, username) -> None:
+    master_arn = store_secret({**cluster, "port": unused_port()})
+    with pytest.raises(DatabaseUnreachable, match=r"cannot reach 127\.0\.0\.1.*refused"):
+        handler.bootstrap({"MasterSecretId": master_arn, "Username": username}, None)
+    with pytest.raises(ClientError):
+        sm.value(f"rds-db-credentials/demo-cluster/{username}")
 
 
 @pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
@@ -647,7 +659,8 @@ class CloneRole:
     """A ``<Username>_clone`` login that existed before the stack (CREATEDB, SELECT granted to it directly)."""
 
     strategy: str
-    #: Whether the bootstrap treats it as its own: attributes and grants brought in line, dropped on delete.
+    #: Whether the bootstrap treats it as its own: attributes and grants brought in line. It is never dropped on
+    #: delete either way: the bootstrap did not create it (only marked roles are dropped).
     managed: bool
 
 
@@ -685,7 +698,7 @@ def test_a_clone_role_is_the_bootstraps_only_under_alternating_users(response_se
 
     assert removed["Status"] == "SUCCESS", removed["Reason"]
     remaining = existing_roles(pg, username, clone["username"])
-    assert remaining == (set() if clone_role.managed else {clone["username"]})
+    assert remaining == {clone["username"]}, "the login it created is dropped, the clone it found is not"
 
 
 def test_a_failed_create_is_reported_and_its_rollback_removes_nothing(response_server: ResponseServer, master_arn,

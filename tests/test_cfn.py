@@ -1,4 +1,4 @@
-"""CloudFormation custom-resource responses, received by a real HTTP server on 127.0.0.1.
+"""CloudFormation custom-resource responses, received by a real HTTPS server on 127.0.0.1.
 
 CloudFormation waits for one PUT to the pre-signed ResponseURL; these tests play S3's part and check that the
 answer always arrives, exactly once: on success, on an error, and before the Lambda times out.
@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
+import ssl
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +25,7 @@ import pytest
 from rotation import cfn
 from rotation.exceptions import BootstrapError, InvalidEventError
 from rotation_tools.local.lambda_context import LambdaContext
+from rotation_tools.local.postgres import _make_certificates
 
 
 @dataclass
@@ -61,16 +66,29 @@ def serve_responses() -> Iterator[ResponseServer]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    # A pre-signed URL carries its signature in the query string, as S3's do.
-    state.url = f"http://127.0.0.1:{server.server_port}/cfn-response?X-Amz-Signature=not-a-real-signature"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with tempfile.TemporaryDirectory(prefix="cfn-response-") as certs:
+        # HTTPS, as S3's pre-signed URLs: the function answers no other scheme. The clients trust this CA for the
+        # block's duration (OpenSSL reads SSL_CERT_FILE whenever a default context is made).
+        ca_file, cert_file, key_file = _make_certificates(Path(certs))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        # A pre-signed URL carries its signature in the query string, as S3's do.
+        state.url = f"https://localhost:{server.server_port}/cfn-response?X-Amz-Signature=not-a-real-signature"
+        saved = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = str(ca_file)
+        try:
+            yield state
+        finally:
+            if saved is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = saved
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.fixture
@@ -198,15 +216,23 @@ INVALID_REQUESTS = {
     "unknown-request-type": ({"RequestType": "Replace"}, "RequestType"),
     "update-without-physical-id": ({"RequestType": "Update"}, "PhysicalResourceId"),
     "response-url-not-http": ({"ResponseURL": "file:///etc/passwd"}, "ResponseURL"),
+    "response-url-plain-http": ({"ResponseURL": "http://127.0.0.1:9/cfn-response"}, "must be an https URL"),
     "properties-not-an-object": ({"ResourceProperties": ["x"]}, "ResourceProperties"),
 }
 
 
 @pytest.mark.parametrize(("change", "key"), INVALID_REQUESTS.values(), ids=INVALID_REQUESTS.keys())
 def test_a_malformed_request_names_the_key(response_server: ResponseServer, change: dict, key: str) -> None:
+    """Refused, and CloudFormation answered FAILED with the reason wherever the event has an https ResponseURL
+    (else the stack would wait an hour for an answer)."""
     event = {**custom_resource_event(response_server.url), **change}
     with pytest.raises(InvalidEventError, match=key):
         cfn.serve(event, None, succeed)
+    if event["ResponseURL"] == response_server.url:
+        answer = response_server.next_response()
+        assert answer["Status"] == "FAILED" and key in answer["Reason"]
+        assert answer["RequestId"] == event["RequestId"]
+    response_server.assert_no_more()
 
 
 def test_the_response_url_stays_out_of_reprs(response_server: ResponseServer) -> None:

@@ -12,6 +12,7 @@ from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.events import PreflightEvent, RotationEvent, Step
 from rotation.exceptions import ConfigurationError, InvalidEventError, SecretFormatError
 from rotation.passwords import DEFAULT_EXCLUDE_CHARACTERS, PUNCTUATION, PasswordPolicy
+from rotation.topology import Endpoint
 
 SECRET_PASSWORD = "pw-that-must-never-leak-7Qz"
 VALID_SECRET = {
@@ -42,13 +43,16 @@ def test_rotation_event_parses_all_four_steps():
         pytest.param({k: v for k, v in VALID_EVENT.items() if k != "Step"}, "missing the key 'Step'", id="no-step"),
         pytest.param({**VALID_EVENT, "Step": "rotateSecret"}, "unknown Step 'rotateSecret'", id="unknown-step"),
         pytest.param({**VALID_EVENT, "SecretId": ""}, "'SecretId' must be a non-empty string", id="empty-secret"),
+        pytest.param({**VALID_EVENT, "SecretId": "A" * 100_000}, "'SecretId' is 100000 characters long",
+                     id="huge-secret-id-not-echoed"),
         pytest.param({**VALID_EVENT, "ClientRequestToken": 7}, "'ClientRequestToken' must be", id="token-number"),
         pytest.param({"Step": "setSecret", "SecretId": "x"}, "missing the key 'ClientRequestToken'", id="no-token"),
     ],
 )
 def test_bad_rotation_events_name_the_problem(event, message):
-    with pytest.raises(InvalidEventError, match=message):
+    with pytest.raises(InvalidEventError, match=message) as caught:
         RotationEvent.parse(event)
+    assert len(str(caught.value)) < 300, "the message never echoes an oversized value"
 
 
 @pytest.mark.parametrize(
@@ -155,10 +159,32 @@ def test_repr_and_str_never_show_the_password():
     assert SECRET_PASSWORD not in f"{creds!r} {[creds]}"
 
 
-def test_managed_admin_secret_takes_connection_details_from_the_user_secret():
-    user = parse({**VALID_SECRET, "ssl": "require"})
-    admin = DatabaseCredentials.admin_from_secret({"username": "master", "password": "x"}, "admin", fallback=user)
-    assert (admin.host, admin.port, admin.dbname, admin.sslmode) == (user.host, user.port, "appdb", "require")
+@pytest.mark.parametrize(
+    ("admin_document", "location"),
+    [
+        pytest.param({"username": "m", "password": "x"}, (None, "verify-full"), id="rds-managed-names-no-server"),
+        pytest.param({"username": "m", "password": "x", "host": "Admin.Example."}, (Endpoint("admin.example", 5432),
+                     "verify-full"), id="console-format-without-ssl-is-verify-full"),
+        pytest.param({"username": "m", "password": "x", "host": "a", "port": "6432", "ssl": "require"},
+                     (Endpoint("a", 6432), "require"), id="own-port-and-ssl"),
+    ],
+)
+def test_an_admin_secret_names_its_own_server_or_none(admin_document, location):
+    assert DatabaseCredentials.admin_location(admin_document, "admin") == location
+
+
+def test_the_admin_login_never_takes_the_user_secrets_server_or_tls():
+    user = parse({**VALID_SECRET, "ssl": False, "host": "decoy.example", "port": 6543})
+    admin = DatabaseCredentials.admin_from_secret({"username": "master", "password": "x"}, "admin",
+                                                  endpoint=Endpoint("db.example", 5432), sslmode="verify-full",
+                                                  dbname=user.dbname)
+    assert (admin.host, admin.port, admin.dbname, admin.sslmode) == ("db.example", 5432, "appdb", "verify-full")
+
+
+@pytest.mark.parametrize("host", ["db1,db2", "db1, db2", "db 1"])
+def test_a_host_list_is_refused(host):
+    with pytest.raises(SecretFormatError, match="one host name or address, not a list"):
+        parse({**VALID_SECRET, "host": host})
 
 
 # --- settings -------------------------------------------------------------------------------------------
@@ -172,6 +198,14 @@ def test_managed_admin_secret_takes_connection_details_from_the_user_secret():
         pytest.param({"EXCLUDE_NUMBERS": "maybe"}, "EXCLUDE_NUMBERS must be true or false", id="bool"),
         pytest.param({"PGCONNECT_TIMEOUT": "1"}, "at least 2 seconds", id="timeout-too-short"),
         pytest.param({"PASSWORD_LENGTH": "3"}, "shorter than the 4 character types", id="length-below-types"),
+        pytest.param({"PASSWORD_LENGTH": "12"}, "fewer than 96", id="too-little-entropy"),
+        pytest.param({"PASSWORD_LENGTH": "28", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
+                      "EXCLUDE_LOWERCASE": "true"}, "93 bits", id="28-digits-are-too-few"),
+        pytest.param({"ADMIN_ENDPOINT": "a,b:5432"}, "ADMIN_ENDPOINT must be one host", id="admin-endpoint-list"),
+        pytest.param({"ADMIN_ENDPOINT": "db:99999"}, "port 1-65535", id="admin-endpoint-port"),
+        pytest.param({"ADMIN_SSLMODE": "prefer"}, "ADMIN_SSLMODE must be one of", id="admin-sslmode-prefer"),
+        pytest.param({"EXCLUDE_CHARACTERS": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                      "EXCLUDE_PUNCTUATION": "true"}, "excludes every character", id="nothing-left"),
         pytest.param(
             {"EXCLUDE_NUMBERS": "true", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
              "EXCLUDE_LOWERCASE": "true"},
@@ -183,6 +217,21 @@ def test_managed_admin_secret_takes_connection_details_from_the_user_secret():
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "endpoint"),
+    [("db.example", Endpoint("db.example", 5432)), ("DB.example:6432", Endpoint("db.example", 6432)),
+     ("[::1]:5433", Endpoint("::1", 5433))],
+)
+def test_admin_endpoint_pin(raw, endpoint):
+    assert Settings.from_env({"ADMIN_ENDPOINT": raw}).admin_endpoint == endpoint
+
+
+def test_a_long_digits_only_password_is_strong_enough():
+    policy = Settings.from_env({"PASSWORD_LENGTH": "32", "EXCLUDE_PUNCTUATION": "true", "EXCLUDE_UPPERCASE": "true",
+                                "EXCLUDE_LOWERCASE": "true"}).password_policy
+    assert policy.generate().isdigit()
 
 
 def test_default_settings_match_aws_functions():

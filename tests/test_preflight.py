@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from helpers import connect
 
-from rotation_tools.cli import main
 from rotation.database import scram_verifier
 from rotation.handler import rotate
-from rotation_tools.local.lambda_context import LambdaContext
 from rotation.preflight import REPORT_BUDGET_S, Finding, Preflight, PreflightReport, Status, diagnose
+from rotation_tools.cli import main
+from rotation_tools.local.lambda_context import LambdaContext
 
 #: What the issue promises: the report is back within this, whatever does not answer.
 PROMISED_SECONDS = 10
@@ -166,8 +166,10 @@ def _createrole_admin_without_admin_option(user, pg, store_secret, allow_old_ser
     with pg.connect() as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(
             sql.Identifier(name), sql.Literal(scram_verifier(conn, name, password))))
-    # Shaped like an RDS-managed master secret: username and password only.
-    return {**user, "masterarn": store_secret({"username": name, "password": password})}
+    # The console's format: the admin names its own server, the user's.
+    admin = {"username": name, "password": password, "host": user["host"], "port": user["port"],
+             "ssl": user.get("ssl", True)}
+    return {**user, "masterarn": store_secret(admin)}
 
 
 @pytest.mark.parametrize(
@@ -181,7 +183,8 @@ def _createrole_admin_without_admin_option(user, pg, store_secret, allow_old_ser
         pytest.param(_createrole_admin_without_admin_option, "admin_privileges", "WITH ADMIN TRUE",
                      id="admin-lacks-admin-option-pg16"),
         pytest.param(_admin_with_wrong_password, "admin_login", "admin secret", id="admin-password-wrong"),
-        pytest.param(_admin_for_another_host, "admin_secret_readable", "same host", id="admin-for-another-host"),
+        pytest.param(_admin_for_another_host, "admin_secret_readable", "point the user secret's host",
+                     id="admin-for-another-host"),
     ],
 )
 def test_each_fault_fails_its_own_check_with_a_fix(broken, failing, expected_in_fix, pg, make_app_user, cluster,
@@ -257,11 +260,13 @@ def _secrets_manager_at(port: int, monkeypatch) -> None:
 )
 def test_the_report_comes_back_in_time_when_nothing_answers(unreachable, kind, failing, expected_in_detail,
                                                             expected_in_fix, ports, make_app_user, master_arn,
-                                                            store_secret, monkeypatch):
+                                                            cluster, store_secret, monkeypatch):
     user = make_app_user()
     secret = {**user, "masterarn": master_arn}
     if unreachable == "database":
         secret["port"] = ports[kind]
+        # The admin's own server is the one that does not answer (else the policy refuses the secret first).
+        secret["masterarn"] = store_secret({**cluster, "port": ports[kind]})
     arn = store_secret(secret)
     if unreachable == "secrets_manager":
         _secrets_manager_at(ports[kind], monkeypatch)

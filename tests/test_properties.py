@@ -25,6 +25,7 @@ from rotation.config import Settings
 from rotation.credentials import MAX_IDENTIFIER_BYTES, SSL_MODES, DatabaseCredentials, parse_secret_string
 from rotation.events import RotationEvent, Step
 from rotation.exceptions import (
+    ConfigurationError,
     DatabaseError,
     InvalidEventError,
     RotationError,
@@ -34,6 +35,7 @@ from rotation.exceptions import (
 )
 from rotation.ports import AWSCURRENT, AWSPREVIOUS
 from rotation.protocol import Rotation
+from rotation.topology import Endpoint
 
 # PROPERTY_EXAMPLES raises the count for a deeper run (e.g. 5000 before a release); CI keeps the default.
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "100"))
@@ -45,6 +47,7 @@ USER_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf"
 ADMIN_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:admin-AbCdEf"
 MISSING_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:gone-AbCdEf"
 ADMIN_PASSWORD = "admin-pw-⟦never-shown⟧"
+ENDPOINT = Endpoint("db.example", 5432)
 TOKEN = "t-0123456789abcdef0123456789abcdef"
 BINARY = "<a SecretBinary instead of a SecretString>"
 SOURCE = f"AWSCURRENT version of secret {USER_ARN}"
@@ -139,7 +142,8 @@ def events_for(arn: str, token: str) -> st.SearchStrategy[Any]:
 PROBLEM_WORDS: dict[type[RotationError], tuple[str, ...]] = {
     InvalidEventError: (*EVENT_KEYS, "JSON object"),
     SecretFormatError: (*SECRET_KEYS, "JSON", "SecretString"),
-    RotationStateError: ("token", "version", "rotation is not enabled", "AWSPENDING"),
+    RotationStateError: ("token", "version", "rotation is not enabled", "AWSPENDING", "points at"),
+    ConfigurationError: ("ADMIN_ENDPOINT", "region"),
     SecretsManagerError: ("Secret", "secret", "version"),
     DatabaseError: ("user", "login", "role", "TLS", "cannot reach"),
 }
@@ -184,13 +188,17 @@ def test_secret_parsing_accepts_or_names_the_problem(raw):
 @FAST
 @given(document=secret_documents)
 def test_admin_secret_parsing_accepts_or_names_the_problem(document):
-    fallback = DatabaseCredentials(host="db.example", port=5432, username="app", password="pw⟦user⟧")
     try:
-        admin = DatabaseCredentials.admin_from_secret(document, SOURCE, fallback=fallback)
+        endpoint, sslmode = DatabaseCredentials.admin_location(document, SOURCE)
+        admin = DatabaseCredentials.admin_from_secret(document, SOURCE, endpoint=endpoint or ENDPOINT,
+                                                      sslmode=sslmode, dbname="appdb")
     except SecretFormatError as error:
         assert_names_the_problem(error, document.get("password"))
     else:
-        assert admin.dbname == fallback.dbname, "the admin logs into the user's database"
+        assert admin.dbname == "appdb", "the admin logs into the user's database"
+        assert sslmode in SSL_MODES
+        if "ssl" not in document:
+            assert sslmode == "verify-full", "an admin secret without 'ssl' is verify-full, whatever the user says"
 
 
 @FAST
@@ -227,7 +235,6 @@ def staged(raw: str | None) -> tuple[Store, FakeDatabase, Rotation]:
     """A secret holding ``raw`` as AWSCURRENT, a database where its user (if it has one) logs in, and a rotation
     staged under TOKEN."""
     store = Store()
-    store.create(ADMIN_ARN, {"username": "master", "password": ADMIN_PASSWORD})
     store.create(USER_ARN, {})
     store.values[USER_ARN]["v0"] = raw
     store.stage_pending(USER_ARN, TOKEN)
@@ -236,9 +243,17 @@ def staged(raw: str | None) -> tuple[Store, FakeDatabase, Rotation]:
         document = json.loads(raw) if raw else {}
     except ValueError:
         document = {}
-    if isinstance(document, dict) and isinstance(document.get("username"), str):
-        roles[document["username"]] = document.get("password")
-    db = FakeDatabase(roles)
+    endpoint = Endpoint("db.example", 5432)
+    if isinstance(document, dict):
+        if isinstance(document.get("username"), str):
+            roles[document["username"]] = document.get("password")
+        try:  # the server the secret names, when it names one: the admin secret names the same (console format)
+            endpoint = DatabaseCredentials.from_secret(document, SOURCE).endpoint
+        except SecretFormatError:
+            pass
+    store.create(ADMIN_ARN, {"username": "master", "password": ADMIN_PASSWORD, "host": endpoint.host,
+                             "port": endpoint.port})
+    db = FakeDatabase(roles, endpoint=endpoint)
     return store, db, Rotation(store, lambda: db, Settings())
 
 

@@ -17,7 +17,8 @@ USER_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:app"
 ADMIN_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:admin"
 USER = {"engine": "postgres", "host": "db", "port": 5432, "username": "app", "password": "old-pw",
         "dbname": "appdb", "team": "kept"}
-ADMIN = {"username": "master", "password": "admin-pw"}
+# The RDS console's format: the admin secret names its own server (absent "ssl": verify-full).
+ADMIN = {"engine": "postgres", "host": "db", "port": 5432, "username": "master", "password": "admin-pw"}
 
 
 class Harness:
@@ -171,12 +172,16 @@ def test_steps_for_a_token_already_current_change_nothing():
 @pytest.mark.parametrize(
     ("secret", "tamper", "message"),
     [
-        pytest.param(USER, {"host": "evil.example"}, "refusing to set a password on a different database",
+        pytest.param(USER, {"host": "evil.example"}, "it points at evil.example:5432/appdb",
                      id="pending-redirected-host"),
-        pytest.param(USER, {"username": "postgres"}, "single-user rotation changes one user's password only",
+        pytest.param(USER, {"ssl": False}, "sslmode=disable",
+                     id="pending-without-tls"),
+        pytest.param(USER, {"username": "postgres"}, "it is for user 'postgres', not 'app'",
                      id="single-user-other-user"),
-        pytest.param(MULTI, {"username": "master"}, "alternating users expects 'app_clone'",
+        pytest.param(MULTI, {"username": "master"}, "not 'app_clone'",
                      id="alternating-other-user"),
+        pytest.param(MULTI, {"masterarn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:other"},
+                     "another admin secret", id="alternating-other-admin"),
     ],
 )
 def test_set_secret_refuses_a_pending_version_it_did_not_write(secret, tamper, message):
@@ -206,7 +211,7 @@ def test_alternating_refuses_an_admin_secret_for_another_host():
     h.store.values[ADMIN_ARN]["v0"] = json.dumps({**ADMIN, "host": "other-cluster"})
     h.start()
     h.step(Step.CREATE)
-    with pytest.raises(RotationStateError, match="refusing to use admin credentials against a different host"):
+    with pytest.raises(RotationStateError, match="refusing to act for a secret aimed at another server"):
         h.step(Step.SET)
 
 

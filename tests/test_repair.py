@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from helpers import can_login, connect
 
-from rotation_tools.cli import main
 from rotation.database import scram_verifier
 from rotation.exceptions import RotationStateError
 from rotation.handler import rotate
+from rotation_tools.cli import main
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.secretsmanager import LocalSecretsManager
 from rotation_tools.repair import Action, Login, Repair, analyze

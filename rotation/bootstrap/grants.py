@@ -38,7 +38,7 @@ write (42501) as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from rotation.credentials import DatabaseCredentials
 from rotation.database import _diag, scram_verifier
 from rotation.exceptions import BootstrapError, PrivilegeError
 from rotation.observability import logger
+from rotation.policy import POWERFUL_ROLES
 
 if TYPE_CHECKING:
     from rotation.bootstrap.request import BootstrapRequest
@@ -126,6 +127,21 @@ SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin, rolcreatedb
        ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
               WHERE m.member = r.oid ORDER BY 1)
   FROM pg_roles r WHERE rolname = ANY(%s)
+"""
+# Every role the named roles belong to, directly or through others (the named roles included), with whether it
+# is administrative and whether it owns anything in any database (ownership is recorded in pg_shdepend).
+_MEMBERSHIP_CLOSURE = """
+WITH RECURSIVE closure(start, oid) AS (
+    SELECT r.rolname::text, r.oid FROM pg_roles r WHERE r.rolname = ANY(%(names)s)
+  UNION
+    SELECT c.start, m.roleid FROM pg_auth_members m JOIN closure c ON m.member = c.oid
+)
+SELECT c.start, r.rolname::text,
+       r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls OR r.rolname = ANY(%(powerful)s),
+       EXISTS (SELECT 1 FROM pg_shdepend d
+                WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o')
+  FROM closure c JOIN pg_roles r ON r.oid = c.oid
+ ORDER BY 1, 2
 """
 _ROLE_SETTINGS = """
 SELECT r.rolname, s.setdatabase <> 0, cfg
@@ -205,6 +221,8 @@ class DatabasePlan:
     default_privilege_schemas: tuple[str, ...]
     #: Whether the login roles get ``default_transaction_read_only = on`` too (``ReadOnlyTransactions``).
     read_only_logins: bool = False
+    #: The comment that marks roles this bootstrap creates (rotation.policy.bootstrap_role_mark).
+    role_mark: str = ""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -222,11 +240,13 @@ class DatabasePlan:
         return wanted
 
 
-def _rows(conn: psycopg.Connection, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+def _rows(conn: psycopg.Connection, query: str,
+          params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple[Any, ...]]:
     return conn.execute(query, params).fetchall()
 
 
-def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clone: bool) -> DatabasePlan:
+def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clone: bool,
+                     role_mark: str = "") -> DatabasePlan:
     """Check everything that can be checked before creating anything; raise with the exact reason.
 
     ``clone``: whether ``<Username>_clone`` is one of this login's roles (alternating users, or the secret names
@@ -266,6 +286,7 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
         if extra:
             warnings.append(f"role {role.name!r} is also a member of {', '.join(extra)}; the bootstrap leaves "
                             "memberships it did not grant alone: revoke them if they are not meant")
+    _refuse_write_capable(conn, list(roles), where)
 
     schemas = []
     for name, exists, grantable, public_usage, public_create in _rows(conn, _SCHEMAS, (list(request.schemas),)):
@@ -304,11 +325,44 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
         username=request.username, clone=request.clone if clone and request.clone in roles else None, roles=roles,
         schemas=tuple(schemas), relations=tuple(relations),
         default_privilege_schemas=request.schemas if request.tables is None else (),
-        read_only_logins=request.read_only_transactions, warnings=warnings,
+        read_only_logins=request.read_only_transactions, warnings=warnings, role_mark=role_mark,
     )
     # Raises now, before anything is created, if the read-only promise could not be kept.
     plan.warnings += _privilege_changes(conn, plan).kept
     return plan
+
+
+def _refuse_write_capable(conn: psycopg.Connection, managed: list[str], where: str) -> None:
+    """The read-only promise for roles that exist already: none of them may own objects, and none may belong,
+    however indirectly, to a role that is administrative, owns objects or holds a write or DDL privilege.
+
+    The bootstrap reconciles the managed roles' own grants in this database, but it cannot make a table owner
+    read-only, nor take back what another role passes on through membership (INSERT, DROP TABLE, SET ROLE to a
+    superuser group): such a login would be read-only in name only.
+    """
+    if not managed:
+        return
+    problems: list[str] = []
+    others: dict[str, list[str]] = {}
+    rows = _rows(conn, _MEMBERSHIP_CLOSURE, {"names": managed, "powerful": sorted(POWERFUL_ROLES)})
+    for start, role, administrative, owns in rows:
+        if owns:
+            problems.append(f"{start!r} owns objects" if role == start
+                            else f"{start!r} is a member of {role!r}, which owns objects")
+        if role in managed:
+            continue  # its attributes and its own grants are checked and brought in line elsewhere
+        if administrative:
+            problems.append(f"{start!r} is a member of {role!r}, which holds administrative power")
+        others.setdefault(role, []).append(start)
+    for entry in _acl_entries(conn, others):
+        if entry.privilege not in _WRITE_FREE_PRIVILEGES:
+            members = ", ".join(repr(name) for name in others[entry.grantee])
+            problems.append(f"{members} inherit {entry.describe()} from {entry.grantee!r}")
+    if problems:
+        raise BootstrapError(
+            f"the bootstrap cannot keep its read-only promise in {where}: {'; '.join(dict.fromkeys(problems))}. "
+            "Choose a Username and GroupRole that are new or read-only, or remove those memberships first"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +478,9 @@ def _ensure_role(conn: psycopg.Connection, plan: DatabasePlan, name: str, *, log
     if state is None:
         _execute(conn, sql.SQL("CREATE ROLE {} WITH {}").format(role, sql.SQL(" ").join(attributes)),
                  f"creating role {name!r}")
+        # The mark a Delete checks before dropping the role: what this bootstrap did not create, it never drops.
+        _execute(conn, sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(plan.role_mark)),
+                 f"marking role {name!r}")
         return [f"created role {name!r} ({'LOGIN' if login else 'NOLOGIN'})"]
     fixes = []
     if state.can_login != login:
@@ -517,20 +574,28 @@ def reconcile_database(conn: psycopg.Connection, plan: DatabasePlan, login_passw
     return changes
 
 
-def drop_roles(conn: psycopg.Connection, roles: Sequence[str]) -> list[str]:
-    """Revoke what the master granted to ``roles`` in this database and drop them, in one transaction."""
+def drop_roles(conn: psycopg.Connection, roles: Sequence[str], marks: Collection[str]) -> list[str]:
+    """Revoke what the master granted to ``roles`` in this database and drop them, in one transaction.
+
+    Only roles whose comment is one of ``marks`` (what the bootstrap or the rotation wrote when creating them)
+    are touched; any other role of the same name was not made for this resource and is left, with a log line.
+    """
     with conn.transaction():
-        existing = [row[0] for row in _rows(conn, "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
-                                            (list(roles),))]
-        if not existing:
+        existing = {row[0]: row[1] for row in _rows(
+            conn, "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = ANY(%s)",
+            (list(roles),))}
+        ours = [role for role in roles if role in existing and existing[role] in marks]
+        for role in sorted(set(existing) - set(ours)):
+            logger.warning(f"role {role!r} was not created by this bootstrap (no mark): left in place")
+        if not ours:
             return []
-        for entry in _acl_entries(conn, existing):
+        for entry in _acl_entries(conn, ours):
             if _can_revoke(entry):
                 _execute(conn, _revoke_statement(entry), f"revoking {entry.describe()} from {entry.grantee!r}")
-        for name in (role for role in roles if role in existing):
+        for name in ours:
             # PostgreSQL names whatever still depends on the role (privileges in other databases, objects).
             _execute(conn, sql.SQL("DROP ROLE {}").format(sql.Identifier(name)), f"dropping role {name!r}")
-    return [f"dropped role {name!r}" for name in roles if name in existing]
+    return [f"dropped role {name!r}" for name in ours]
 
 
 _SESSION_CHECK = """

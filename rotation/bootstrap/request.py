@@ -10,6 +10,7 @@ from typing import Any
 from rotation.config import StrategyName
 from rotation.credentials import MAX_IDENTIFIER_BYTES, SSL_MODES
 from rotation.exceptions import InvalidEventError
+from rotation.policy import CREATED_BY_TAG
 from rotation.protocol import CLONE_SUFFIX
 
 GROUP_ROLE_SUFFIX = "_readonly"
@@ -139,6 +140,9 @@ class _Properties:
             raise self.bad(key, 'an object {"key": "value"} or a list of {"Key": ..., "Value": ...}')
         if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in pairs):
             raise self.bad(key, "tags with non-empty string keys and string values")
+        if any(k == CREATED_BY_TAG[0] for k, _ in pairs):
+            # The mark a Delete trusts: only the bootstrap's own CreateSecret sets it.
+            raise self.bad(key, f"free of the reserved key {CREATED_BY_TAG[0]!r}")
         return tuple(pairs)
 
 

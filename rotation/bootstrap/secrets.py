@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from rotation.credentials import parse_secret_string
 from rotation.exceptions import BootstrapError, SecretsManagerError
+from rotation.policy import CREATED_BY_TAG
 from rotation.ports import AWSCURRENT, AWSPENDING
 from rotation.secrets_store import SecretsManagerStore
 
@@ -23,6 +24,8 @@ class ExistingSecret:
     kms_key_id: str | None
     #: The version labelled AWSPENDING when it is not AWSCURRENT's: a rotation is under way (or stuck).
     pending_version: str | None
+    #: Whether the secret carries the bootstrap's tag (rotation.policy.CREATED_BY_TAG).
+    created_by_bootstrap: bool = False
 
     @property
     def rotation_in_progress(self) -> bool:
@@ -48,6 +51,8 @@ class BootstrapSecrets(SecretsManagerStore):
             scheduled_for_deletion=response.get("DeletedDate") is not None,
             kms_key_id=response.get("KmsKeyId"),
             pending_version=pending[0] if pending else None,
+            created_by_bootstrap=any((tag.get("Key"), tag.get("Value")) == CREATED_BY_TAG
+                                     for tag in response.get("Tags", ())),
         )
 
     def read(self, secret_id: str, source: str) -> tuple[str, dict[str, Any]]:
@@ -65,8 +70,7 @@ class BootstrapSecrets(SecretsManagerStore):
         kwargs: dict[str, Any] = {"SecretString": json.dumps(dict(document)), "Description": description}
         if kms_key_id:
             kwargs["KmsKeyId"] = kms_key_id
-        if tags:
-            kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in tags]
+        kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in (*tags, CREATED_BY_TAG)]  # request Tags never hold it
         try:
             # Through _call, for the same translation as every other call (an unreachable endpoint, a timeout,
             # missing credentials).

@@ -3,7 +3,7 @@ login works (or, on delete, drop the roles and the secret). See the package docs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,10 +11,22 @@ from rotation.bootstrap.grants import check_login, drop_roles, inspect_database,
 from rotation.bootstrap.request import _SECRET_NAME, BootstrapRequest
 from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
 from rotation.config import Settings, StrategyName
-from rotation.credentials import DEFAULT_DBNAME, DEFAULT_PORT, MAX_IDENTIFIER_BYTES, DatabaseCredentials
+from rotation.credentials import DEFAULT_DBNAME, MAX_IDENTIFIER_BYTES, DatabaseCredentials
 from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
 from rotation.observability import annotate, logger
+from rotation.policy import (
+    CREATED_BY_TAG,
+    alternate_role_mark,
+    bootstrap_role_mark,
+    locate_admin_server,
+    pending_mismatch,
+    require_same_cluster,
+    weaker_tls,
+)
+from rotation.ports import ClusterDirectory
+from rotation.rds_directory import default_directory
 from rotation.secrets_store import secrets_manager_client
+from rotation.topology import Endpoint
 
 if TYPE_CHECKING:
     from rotation.database import PostgresDatabase
@@ -50,34 +62,56 @@ _IDENTITY_KEYS = ("dbClusterIdentifier", "dbInstanceIdentifier")
 
 
 class Bootstrapper:
-    def __init__(self, secrets: BootstrapSecrets, database: PostgresDatabase, settings: Settings) -> None:
+    def __init__(self, secrets: BootstrapSecrets, database: PostgresDatabase, settings: Settings,
+                 directory: Callable[[], ClusterDirectory] | None = None) -> None:
         self._secrets = secrets
         self._database = database
         self._settings = settings
+        self._directory = directory or default_directory
 
     # ---- shared
 
     def _target(self, request: BootstrapRequest) -> _Target:
+        """The admin's login on the master's own server (rotation.policy), and the new secret's connection keys.
+
+        The event may name another endpoint of the same cluster for the user secret (a reader, say) and a TLS
+        mode at least as strong as the admin's; the admin itself always connects where and how the master side
+        says, so an event can neither send the master credentials elsewhere nor lower their TLS.
+        """
         source = f"master secret {request.master_secret_id}"
         master_arn, master = self._secrets.read(request.master_secret_id, source)
+        server = locate_admin_server(master, source, settings=self._settings,
+                                     tags=lambda: self._secrets.describe(master_arn).tags,
+                                     directory=self._directory)
+        dbname = request.dbname or (master.get("dbname") if isinstance(master.get("dbname"), str) else None) \
+            or DEFAULT_DBNAME
+        admin = DatabaseCredentials.admin_from_secret(master, source, endpoint=server.endpoint,
+                                                      sslmode=server.sslmode, dbname=dbname)
+        host = request.host or (master["host"] if isinstance(master.get("host"), str) else server.endpoint.host)
+        user_endpoint = Endpoint(host, request.port or server.endpoint.port)
+        server = require_same_cluster(user_endpoint, server, self._directory, "the event's Host/Port")
         connection: dict[str, Any] = {
             "engine": master.get("engine", "postgres"),
-            "host": request.host or master.get("host"),
-            "port": request.port or master.get("port", DEFAULT_PORT),
-            "dbname": request.dbname or master.get("dbname") or DEFAULT_DBNAME,
+            "host": host,
+            "port": user_endpoint.port,
+            "dbname": dbname,
         }
-        if connection["host"] is None:
-            raise BootstrapError(
-                f"{source} holds no 'host' (an RDS-managed master secret has only username and password); "
-                "give the cluster endpoint as Host (and Port if it is not 5432)"
-            )
         connection.update({key: master[key] for key in _IDENTITY_KEYS if master.get(key)})
+        if server.cluster and "dbInstanceIdentifier" not in connection:
+            connection.setdefault("dbClusterIdentifier", server.cluster)
         ssl = request.ssl if request.ssl is not None else master.get("ssl")
         if ssl is not None:
             connection["ssl"] = ssl
-        admin = DatabaseCredentials.from_secret({**master, **connection}, source)
-        connection["port"] = admin.port  # a number in the user secret, even if the master has a string
-        cluster = master.get("dbClusterIdentifier") or master.get("dbInstanceIdentifier") or admin.host
+        elif server.sslmode != "verify-full":
+            connection["ssl"] = server.sslmode
+        user_sslmode = DatabaseCredentials.from_secret(
+            {**connection, "username": "-", "password": "-"}, "the new secret").sslmode
+        if weaker_tls(user_sslmode, server.sslmode):
+            raise InvalidEventError(
+                f"the event's SSL would make the new secret connect with sslmode={user_sslmode}, weaker than the "
+                f"master's own sslmode={server.sslmode}; give an SSL at least as strong, or leave it out"
+            )
+        cluster = connection.get("dbClusterIdentifier") or connection.get("dbInstanceIdentifier") or host
         secret_name = request.secret_name or f"{SECRET_NAME_PREFIX}/{cluster}/{request.username}"
         if not _SECRET_NAME.fullmatch(secret_name):
             raise InvalidEventError(
@@ -108,9 +142,10 @@ class Bootstrapper:
         adopted = None if existing is None else self._read_existing(request, existing)
         secret_username = None if adopted is None else adopted[1]["username"]
         changes: list[str] = []
-        with self._database.connect(target.admin) as conn:
+        with self._database.connect(target.admin, as_admin=True) as conn:
             plan = inspect_database(conn, request,
-                                    clone=request.clone in self._login_roles(request, secret_username))
+                                    clone=request.clone in self._login_roles(request, secret_username),
+                                    role_mark=bootstrap_role_mark(target.secret_name))
             if adopted is None:
                 document, arn, login_password = self._create_secret(request, target)
                 changes.append(f"created secret {target.secret_name}")
@@ -208,7 +243,7 @@ class Bootstrapper:
             return []
         logger.warning(f"role {creds.username!r} does not accept the password in secret {arn}; resetting the role "
                        "to the secret's password (the secret is the truth)")
-        with self._database.connect(admin) as conn:
+        with self._database.connect(admin, as_admin=True) as conn:
             reset_password(conn, creds)
         with self._database.connect(creds) as conn:
             check_login(conn, creds, group_role, read_only=read_only)
@@ -236,10 +271,9 @@ class Bootstrapper:
             raise BootstrapError(f"{refused}; AWSPENDING holds no value yet; {what_to_do}") from exc
         except SecretFormatError as exc:
             raise BootstrapError(f"{refused}; {exc}; {what_to_do}") from exc
-        same_target = pending.same_database(current)
-        if not same_target or pending.username not in (request.username, request.clone):
-            raise BootstrapError(f"{refused}; AWSPENDING is for {pending.username!r} at {pending.address}/"
-                                 f"{pending.dbname}, not this login; {what_to_do}")
+        problem = pending_mismatch(current, pending, {request.username, request.clone})
+        if problem:
+            raise BootstrapError(f"{refused}; AWSPENDING is not this login's ({problem}); {what_to_do}")
         try:
             with self._database.connect(pending) as conn:
                 check_login(conn, pending, request.group_role, read_only=request.read_only_transactions)
@@ -260,12 +294,20 @@ class Bootstrapper:
                                  f"{target.secret_name}); nothing removed")
         existing = self._secrets.find(target.secret_name)
         live = existing is not None and not existing.scheduled_for_deletion
-        secret_username = self._secret_username(existing) if live else None
-        with self._database.connect(target.admin) as conn:
-            changes = drop_roles(conn, (*self._login_roles(request, secret_username), request.group_role))
-        if live:
+        # Only what Create made: a Delete event is as easy to forge as any other (naming the master secret and an
+        # application's role, say), so the tag and the role comments decide, not the properties.
+        ours = live and existing.created_by_bootstrap
+        secret_username = self._secret_username(existing) if ours else None
+        login_roles = self._login_roles(request, secret_username)
+        marks = {bootstrap_role_mark(target.secret_name), *(alternate_role_mark(role) for role in login_roles)}
+        with self._database.connect(target.admin, as_admin=True) as conn:
+            changes = drop_roles(conn, (*login_roles, request.group_role), marks)
+        if ours:
             self._secrets.delete(existing.arn)
             changes.append(f"deleted secret {target.secret_name}")
+        elif live:
+            logger.warning(f"secret {target.secret_name} was not created by the bootstrap (no "
+                           f"{CREATED_BY_TAG[0]} tag): left in place")
         logger.info("removed", extra={"changes": changes})
         return changes
 

@@ -225,7 +225,10 @@ def rotate_now(
     _check_can_start(metadata, token)
     resumed = token is not None
     token = token or new_token()
-    rotation = Rotation(StagedPendingStore(store, metadata.arn, token), database_factory, settings)
+    from rotation.rds_directory import default_directory  # only an RDS-managed admin secret needs it
+
+    rotation = Rotation(StagedPendingStore(store, metadata.arn, token), database_factory, settings,
+                        directory=default_directory)
 
     results: list[StepResult] = []
     started = clock()

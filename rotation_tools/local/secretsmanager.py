@@ -106,6 +106,32 @@ class LocalSecretsManager:
             config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30),
         )
 
+    def rds_client(self) -> Any:
+        """A client of this server's RDS API (moto serves every service on one endpoint)."""
+        import boto3
+
+        return boto3.session.Session().client(
+            "rds", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id=DUMMY_CREDENTIAL, aws_secret_access_key=DUMMY_CREDENTIAL,
+        )
+
+    def create_aurora_cluster(self, identifier: str, port: int, master: Mapping[str, Any]) -> dict[str, Any]:
+        """An Aurora PostgreSQL cluster in the RDS API whose master password RDS keeps in Secrets Manager, as
+        ManageMasterUserPassword does: the secret holds only ``username`` and ``password`` (``master``'s) and is
+        tagged with the cluster's ARN. Returns DescribeDBClusters' entry; the secret's ARN is under
+        ``MasterUserSecret.SecretArn``. The endpoints are names only: map them to a local server (libpq's
+        PGHOSTADDR) and give ``port`` the local server's port."""
+        rds = self.rds_client()
+        cluster = rds.create_db_cluster(DBClusterIdentifier=identifier, Engine="aurora-postgresql", Port=port,
+                                        MasterUsername=master["username"], ManageMasterUserPassword=True,
+                                        DatabaseName=master.get("dbname", "postgres"))["DBCluster"]
+        rds.create_db_instance(DBInstanceIdentifier=f"{identifier}-1", DBClusterIdentifier=identifier,
+                               Engine="aurora-postgresql", DBInstanceClass="db.r6g.large")
+        self._api.put_secret_value(
+            SecretId=cluster["MasterUserSecret"]["SecretArn"],
+            SecretString=json.dumps({"username": master["username"], "password": master["password"]}))
+        return cluster
+
     @property
     def _api(self) -> Any:
         if self._client is None:
@@ -120,6 +146,8 @@ class LocalSecretsManager:
         """
         return {
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.endpoint_url,
+            # moto serves the RDS API too: the lookup of an RDS-managed master secret's cluster.
+            "AWS_ENDPOINT_URL_RDS": self.endpoint_url,
             # The variable AWS's own rotation functions read; ours keeps it for drop-in migration.
             "SECRETS_MANAGER_ENDPOINT": self.endpoint_url,
             "AWS_DEFAULT_REGION": self.region,

@@ -1,0 +1,111 @@
+"""The RDS API behind :class:`~rotation.ports.ClusterDirectory`: which endpoints belong to which cluster.
+
+Used only when a secret alone cannot prove where the admin acts: an RDS-managed master secret holds no host, and
+an instance or custom endpoint does not name its cluster. Read-only calls (DescribeDBClusters,
+DescribeDBInstances), short timeouts, and errors that name the fix: in a private subnet the RDS API needs an
+``rds`` interface VPC endpoint or a NAT gateway, exactly like Secrets Manager.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoRegionError,
+    ReadTimeoutError,
+)
+
+from rotation.exceptions import ConfigurationError, RdsApiError, RdsApiUnreachable
+from rotation.topology import ClusterTopology, Endpoint
+
+RDS_API_FIX = (
+    "the function needs a route to the RDS API (an interface VPC endpoint for rds with private DNS, or a NAT "
+    "gateway) and rds:DescribeDBClusters / rds:DescribeDBInstances; or pin the admin's server with ADMIN_ENDPOINT"
+)
+
+RDS_CLIENT_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=5,
+    retries={"total_max_attempts": 2, "mode": "standard"},
+    user_agent_extra="aurora-postgres-rotation",
+)
+
+
+@functools.cache
+def _cached_client(region: str | None, env_endpoints: tuple[str | None, ...]) -> Any:
+    del env_endpoints  # part of the cache key only: botocore reads them itself
+    import botocore.session
+
+    return botocore.session.get_session().create_client("rds", region_name=region, config=RDS_CLIENT_CONFIG)
+
+
+def rds_client() -> Any:
+    env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_RDS"), os.environ.get("AWS_ENDPOINT_URL"))
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    try:
+        return _cached_client(region, env_endpoints)
+    except NoRegionError as exc:
+        raise ConfigurationError("no AWS region configured for the RDS API: set AWS_REGION") from exc
+
+
+def _endpoint(document: Any, what: str) -> Endpoint:
+    if not isinstance(document, dict) or not document.get("Address"):
+        raise RdsApiError(f"the RDS API lists no endpoint for {what} (is it still being created?)")
+    return Endpoint(document["Address"], int(document.get("Port") or 5432))
+
+
+class RdsClusterDirectory:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def _call(self, operation: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return getattr(self._client, operation)(**kwargs)
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+            raise RdsApiUnreachable(
+                f"cannot reach the RDS API at {self._client.meta.endpoint_url} to look up {what} "
+                f"({type(exc).__name__}): {RDS_API_FIX}"
+            ) from exc
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "Unknown")
+            raise RdsApiError(f"the RDS API refused to describe {what}: {code}"
+                              + (f"; {RDS_API_FIX}" if code in ("AccessDenied", "AccessDeniedException") else "")
+                              ) from exc
+        except BotoCoreError as exc:
+            raise RdsApiError(f"the RDS API call for {what} failed: {type(exc).__name__}") from exc
+
+    def cluster(self, identifier: str) -> ClusterTopology:
+        what = f"cluster {identifier}"
+        clusters = self._call("describe_db_clusters", what, DBClusterIdentifier=identifier).get("DBClusters", [])
+        if not clusters:
+            raise RdsApiError(f"the RDS API knows no {what}")
+        cluster = clusters[0]
+        port = int(cluster.get("Port") or 5432)
+        writer = _endpoint({"Address": cluster.get("Endpoint"), "Port": port}, what)
+        reader = Endpoint(cluster["ReaderEndpoint"], port) if cluster.get("ReaderEndpoint") else None
+        custom = tuple(Endpoint(name, port) for name in cluster.get("CustomEndpoints") or ())
+        members = self._call("describe_db_instances", f"the instances of {what}",
+                             Filters=[{"Name": "db-cluster-id", "Values": [cluster["DBClusterIdentifier"]]}])
+        instances = tuple(_endpoint(instance.get("Endpoint"), f"instance {instance.get('DBInstanceIdentifier')}")
+                          for instance in members.get("DBInstances", []) if instance.get("Endpoint"))
+        return ClusterTopology(cluster["DBClusterIdentifier"], writer, reader, instances, custom)
+
+    def instance(self, identifier: str) -> Endpoint:
+        what = f"instance {identifier}"
+        instances = self._call("describe_db_instances", what, DBInstanceIdentifier=identifier).get("DBInstances", [])
+        if not instances:
+            raise RdsApiError(f"the RDS API knows no {what}")
+        return _endpoint(instances[0].get("Endpoint"), what)
+
+
+def default_directory() -> RdsClusterDirectory:
+    """The container's RDS API directory, as the handlers and the preflight use it."""
+    return RdsClusterDirectory(rds_client())
