@@ -142,7 +142,7 @@ def test_an_event_for_the_other_function_says_which_one(event_file, argv, expect
 def test_an_unreachable_response_url_explains_the_null_status(cluster, store_secret, tmp_path, capsys):
     event = json.loads((EVENTS / "bootstrap-cfn-create.json").read_text())
     with closed_port() as port:
-        event["ResponseURL"] = f"http://127.0.0.1:{port}/cloudformation-response"
+        event["ResponseURL"] = f"https://127.0.0.1:{port}/cloudformation-response"
         event["ResourceProperties"]["MasterSecretId"] = "no-such-master-secret"
         path = tmp_path / "cfn.json"
         path.write_text(json.dumps(event))
