@@ -152,7 +152,8 @@ def report(results: dict[str, Any]) -> bool:
             ok = figures["median"] <= BUDGET_S
             within &= ok
             verdict = "within budget" if ok else "OVER BUDGET"
-        print(f"{command:<10}{figures['median']:>8.2f}s{figures['min']:>8.2f}s{figures['max']:>8.2f}s   {verdict}")
+        print(f"{command:<10}{figures['median']:>8.2f}s{figures['min']:>8.2f}s{figures['max']:>8.2f}s   "
+              f"{verdict}".rstrip())
     print("\nwhere the time goes (median ms per phase, each in a fresh interpreter):\n")
     commands = list(results["phases_ms"])
     print(f"{'phase':<56}" + "".join(f"{command:>9}" for command in commands))
