@@ -152,3 +152,14 @@ def test_an_unreachable_response_url_explains_the_null_status(cluster, store_sec
     assert code == 1 and response["Status"] is None
     assert "CloudFormation was not answered, because its ResponseURL at 127.0.0.1 could not be reached" in err
     assert "the work failed" in err and "no-such-master-secret" in err
+
+
+def test_a_sample_step_event_with_an_unstaged_token_says_how_to_get_one(sm, make_app_user, store_secret, capsys):
+    arn = store_secret(make_app_user())
+    sm.enable_rotation(arn)
+
+    code, response, err = _invoke(capsys, str(EVENTS / "createSecret.json"), "--secret-id", arn)
+
+    assert code == 1 and response["errorType"] == "RotationStateError"
+    assert "is not a version of secret" in response["errorMessage"]
+    assert f"rotation events --secret-id {arn} --out DIR" in err

@@ -204,11 +204,30 @@ def _invoke(handler_path: str, event: Any, context: Any) -> int:
             message = summary = f"unexpected {type(exc).__name__}; its traceback is on stderr"
         print(json.dumps({"errorType": type(exc).__name__, "errorMessage": message}), flush=True)
         print(f"{handler_path} failed: {summary}", file=sys.stderr)
+        hint = _unstaged_token_hint(event, exc)
+        if hint:
+            print(hint, file=sys.stderr)
         return EXIT_FUNCTION_ERROR
     print(json.dumps(result, default=str), flush=True)
     if _unanswered_custom_resource(event, result):
         return EXIT_FUNCTION_ERROR
     return EXIT_OK
+
+
+def _unstaged_token_hint(event: Any, exc: Exception) -> str | None:
+    """A step event whose token RotateSecret never staged (a sample file's, say): how to get one that runs."""
+    from rotation.exceptions import RotationStateError
+
+    if not (isinstance(exc, RotationStateError) and isinstance(event, dict) and "Step" in event):
+        return None
+    message = str(exc)
+    if str(event.get("ClientRequestToken")) not in message or not (
+            "is not a version" in message or "is not staged AWSPENDING" in message):
+        return None
+    secret = shlex.quote(str(event.get("SecretId")))
+    return (f"hint: a step runs only for the version RotateSecret staged AWSPENDING; `rotation events --secret-id "
+            f"{secret} --out DIR` stages one (on a local endpoint) and writes the four events for it, and "
+            f"`rotation status` shows a pending rotation's token for --token")
 
 
 def _unanswered_custom_resource(event: Any, result: Any) -> bool:
