@@ -150,6 +150,7 @@ def _connect_commands(resources) -> dict[str, str]:
         "invoke_events": ("for step in createSecret setSecret testSecret finishSecret; do "
                           f"rotation invoke {events}/$step.json || break; done"),
         "sam_local_invoke": (f"sam local invoke RotationFunction -e {events}/createSecret.json "
+                             f"--parameter-overrides SecretsManagerEndpoint={resources.endpoint_url} "
                              "--docker-network host   # where Docker exists; then the other three"),
     }
 

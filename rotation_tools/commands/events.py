@@ -67,5 +67,16 @@ def run(args: argparse.Namespace) -> int:
     print("run the steps in order, each once (a step may be repeated: each converges):")
     for path in staged.files:
         print(f"  rotation invoke {shlex.quote(str(path))}")
-    print(f"or, where Docker exists: sam local invoke RotationFunction -e {shlex.quote(str(staged.files[0]))} ...")
+    print("or, where Docker exists, each in turn:")
+    print(f"  {sam_local_invoke(staged.files[0], client.meta.endpoint_url)}")
     return 0
+
+
+def sam_local_invoke(event_file: Path | str, endpoint_url: str) -> str:
+    """The `sam local invoke` line for one event; a local endpoint must reach the container (host network)."""
+    from rotation.secrets_store import is_loopback
+
+    line = f"sam local invoke RotationFunction -e {shlex.quote(str(event_file))}"
+    if is_loopback(endpoint_url):
+        line += f" --parameter-overrides SecretsManagerEndpoint={endpoint_url} --docker-network host"
+    return line
