@@ -61,8 +61,8 @@ class LocalSecretsManager:
             from moto.server import ThreadedMotoServer
         except ImportError as exc:
             raise LocalToolError(
-                "the local Secrets Manager needs moto with its server extra: `pip install 'moto[server]'` "
-                "(included in `pip install 'aurora-postgres-rotation[local]'`)"
+                "the local Secrets Manager needs moto and Flask for its server: `pip install "
+                "'aurora-postgres-rotation[local]'` (moto's Secrets Manager, Logs and RDS services, Flask)"
             ) from exc
         if port:
             # moto's server thread dies silently on a bind error and start() then waits forever; check first.
