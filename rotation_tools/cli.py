@@ -1,7 +1,8 @@
 """The `rotation` command line (also `python -m rotation_tools`).
 
 Each subcommand lives in its own module exposing ``HELP`` (one line), ``configure(parser)`` and
-``run(args) -> int``; this file only wires them, so features stay small and independent.
+``run(args) -> int`` (and ``FUNCTION_LOGS = False`` when it runs none of the function's code); this file only
+wires them, so features stay small and independent.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure(sub)
-        sub.set_defaults(handler=module.run)
+        sub.set_defaults(handler=module.run, function_logs=getattr(module, "FUNCTION_LOGS", True))
     return parser
 
 
@@ -75,9 +76,10 @@ def _function_logs(args: argparse.Namespace) -> contextlib.AbstractContextManage
 
     Rendered for people, except with --json. `invoke` routes them itself, once it has set the function's
     environment (JSON, what Lambda would log, on stderr as `sam local invoke` does); the demo captures the
-    function's output for its leak check.
+    function's output for its leak check; a command whose module says ``FUNCTION_LOGS = False`` runs none of
+    the function's code, and is spared loading its logger.
     """
-    if args.command in {"invoke", "demo"}:
+    if args.command in {"invoke", "demo"} or not args.function_logs:
         return contextlib.nullcontext()
     from rotation_tools.logs import function_logs
 

@@ -24,6 +24,8 @@ import shlex
 from pathlib import Path
 
 HELP = "stage a rotation as RotateSecret does and write its four step events (for rotation invoke / sam local)"
+#: Runs none of the function's code, so nothing logs: the CLI need not load the function's logger.
+FUNCTION_LOGS = False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,8 @@ import json
 import os
 
 HELP = "the fleet view: every secret this function rotates, last/next rotation, stuck or overdue, last failure"
+#: Runs none of the function's code, so nothing logs: the CLI need not load the function's logger.
+FUNCTION_LOGS = False
 
 LOGS_CLIENT_CONFIG = {"connect_timeout": 2, "read_timeout": 5, "retries": {"total_max_attempts": 2}}
 
