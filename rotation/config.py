@@ -17,6 +17,16 @@ DEFAULT_CONNECT_TIMEOUT = 5
 # libpq rounds anything below 2 seconds up to 2; say so instead of pretending.
 MIN_CONNECT_TIMEOUT = 2
 
+# The time budget of one rotation step, so that a step fails with its own message before Lambda's timeout ends
+# it without a word. Worst case: one Secrets Manager call that exhausts its attempts, then one database connect
+# that waits the whole PGCONNECT_TIMEOUT, then the rest of the step.
+#: rotation/secrets_store.py's client: 3 attempts, each ending at the 3 s connect timeout or the 5 s read
+#: timeout, with at most 50 ms x 2^(n-1) between attempts (timeouts are not throttles).
+#: tests/test_template.py checks this figure against that client's configuration.
+SECRETS_MANAGER_WORST_CASE_MS = 3 * 5_000 + 50 + 100
+#: Everything else: the step's other calls and SQL, a slow TLS handshake, logging.
+STEP_ALLOWANCE_MS = 2_000
+
 
 #: Where the build (Makefile) puts a CA bundle dropped into certs/: next to the package, /var/task/certs on Lambda.
 BUNDLED_CA = Path(__file__).resolve().parent.parent / "certs" / "global-bundle.pem"
@@ -102,3 +112,28 @@ class Settings:
             ssl_root_cert=default_ssl_root_cert(env),
             secrets_manager_endpoint=env.get("SECRETS_MANAGER_ENDPOINT") or None,
         )
+
+
+def time_budget_ms(connect_timeout_s: int) -> int:
+    """The longest a rotation step may take before it fails with its own message."""
+    return SECRETS_MANAGER_WORST_CASE_MS + connect_timeout_s * 1_000 + STEP_ALLOWANCE_MS
+
+
+def check_time_budget(settings: Settings, remaining_ms: int) -> None:
+    """Refuse to start a step that the function's timeout could cut short.
+
+    A Lambda timeout ends the invocation with no message of ours, so a PGCONNECT_TIMEOUT too long for the
+    function's Timeout would turn "cannot reach the database" into a silent 30 s hang.
+    """
+    needed_ms = time_budget_ms(settings.connect_timeout)
+    if needed_ms <= remaining_ms:
+        return
+    longest_fitting = (remaining_ms - SECRETS_MANAGER_WORST_CASE_MS - STEP_ALLOWANCE_MS) // 1_000
+    advice = (f"lower PGCONNECT_TIMEOUT to at most {longest_fitting} s or raise the function's Timeout"
+              if longest_fitting >= MIN_CONNECT_TIMEOUT else "raise the function's Timeout")
+    raise ConfigurationError(
+        f"PGCONNECT_TIMEOUT={settings.connect_timeout} s does not fit the function's Timeout: a step may wait "
+        f"{SECRETS_MANAGER_WORST_CASE_MS / 1000:g} s for Secrets Manager, {settings.connect_timeout} s for a "
+        f"database connect and {STEP_ALLOWANCE_MS / 1000:g} s for the rest ({needed_ms / 1000:g} s), but "
+        f"{remaining_ms / 1000:g} s remain; {advice} (template parameters PgConnectTimeout, RotationTimeout)"
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rotation.config import Settings
+from rotation.config import Settings, check_time_budget
 from rotation.events import PreflightEvent, RotationEvent, Step
 from rotation.observability import annotate, logged_failure, logger, start_invocation, step_metrics
 from rotation.protocol import Rotation
@@ -40,6 +40,8 @@ def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
         request = RotationEvent.parse(event)
         annotate(step=request.step.value, secret_id=request.secret_id, token=request.token)
         settings = Settings.from_env()
+        if hasattr(context, "get_remaining_time_in_millis"):
+            check_time_budget(settings, context.get_remaining_time_in_millis())
         rotation = Rotation(
             store=SecretsManagerStore(secrets_manager_client(settings.secrets_manager_endpoint)),
             database=lambda: build_database(settings),

@@ -61,6 +61,9 @@ NETWORK_TIMEOUT_S = 2
 #: A check doing one or two network round trips; above NETWORK_TIMEOUT_S so the check's own timeout, which
 #: names the problem, normally fires before the deadline guard's generic one.
 CHECK_LIMIT_S = 3.0
+#: Checks that do more than their network round trip first: building the Secrets Manager client (loading the
+#: SDK's service model) takes a second or two on a cold, busy container before the network timeout starts.
+CHECK_LIMITS_S = {"secrets_manager_endpoint": 5.0}
 #: Below this, starting another network check would only produce a guard timeout.
 MIN_CHECK_S = 0.5
 CERT_EXPIRY_WARNING_DAYS = 14
@@ -294,7 +297,8 @@ class Preflight:
             if remaining < MIN_CHECK_S:
                 finding = skip(f"the preflight's {self._budget_s:.0f} s budget is spent")
             else:
-                finding = self._run_one(name, check, facts, min(CHECK_LIMIT_S, remaining), default_fix)
+                limit = CHECK_LIMITS_S.get(name, CHECK_LIMIT_S)
+                finding = self._run_one(name, check, facts, min(limit, remaining), default_fix)
             for key, value in finding.learned.items():
                 setattr(facts, key, value)
             results.append(CheckResult(

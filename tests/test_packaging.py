@@ -39,6 +39,7 @@ ALLOWED_CFN_LINT_FINDINGS: dict[str, str] = {}
 ENV_NOT_READ_BY_OUR_CODE = {
     "POWERTOOLS_LOG_LEVEL": "read by aws-lambda-powertools' Logger itself",
     "ROTATION_VPC_ENDPOINT_ID": "informational; makes the function depend on the endpoint it needs",
+    "ROTATION_RDS_VPC_ENDPOINT_ID": "informational; makes the function depend on the endpoint it needs",
 }
 
 #: ELF e_machine value of aarch64 (arm64).
@@ -156,7 +157,9 @@ def test_rotation_permissions_are_scoped() -> None:
         ]
     )
     assert "secretsmanager:resource/AllowRotationLambdaArn" in rotate["Condition"]["StringEquals"]
-    assert by_sid["ReadAdminSecret"]["Action"] == "secretsmanager:GetSecretValue"
+    # DescribeSecret: an RDS-managed admin secret's tags name its cluster (issue 10).
+    assert sorted(by_sid["ReadAdminSecret"]["Action"]) == ["secretsmanager:DescribeSecret",
+                                                           "secretsmanager:GetSecretValue"]
     assert "kms:ViaService" in by_sid["UseSecretsKeyThroughSecretsManager"]["Condition"]["StringEquals"]
     permission = template["Resources"]["RotationFunctionInvokePermission"]["Properties"]
     assert permission["Principal"] == "secretsmanager.amazonaws.com"

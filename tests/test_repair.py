@@ -25,13 +25,14 @@ from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.secretsmanager import LocalSecretsManager
 from rotation_tools.repair import Action, Login, Repair, analyze
 
-CONTEXT = LambdaContext("rotation-repair-test", timeout_seconds=30)
 ALL_STEPS = ("createSecret", "setSecret", "testSecret", "finishSecret")
 
 
 def run_steps(arn: str, token: str, steps: tuple[str, ...]) -> None:
     for step in steps:
-        rotate({"Step": step, "SecretId": arn, "ClientRequestToken": token}, CONTEXT)
+        # A fresh context per invocation, as Lambda gives: its clock starts when the invocation does.
+        rotate({"Step": step, "SecretId": arn, "ClientRequestToken": token},
+               LambdaContext("rotation-repair-test", timeout_seconds=30))
 
 
 def rotate_fully(sm: LocalSecretsManager, arn: str) -> str:

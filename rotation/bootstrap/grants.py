@@ -23,8 +23,8 @@ drop_roles each change the database in one transaction.
   per-role settings are applied once, at login, for the login role (and database); they are not inherited
   from groups and ``SET ROLE`` to the group does not apply them either.
 - With ``ReadOnlyTransactions: true`` it is also set on the login role and on the alternating users'
-  ``_clone`` if rotation created one (rotation copies the login role's settings to the clone whenever it
-  sets the clone's password), and the login check requires it. Without it (the default) the bootstrap
+  ``_clone`` if rotation created one (rotation copies the login role's settings to the clone once, when it
+  creates it; so the bootstrap sets it on an existing clone itself), and the login check requires it. Without it (the default) the bootstrap
   neither sets it on the login roles nor removes it where an administrator did: a setting someone chose on
   purpose is left as it is, and noted in the log.
 

@@ -48,6 +48,9 @@ FUNCTIONS = {
     "rotate": ("rotation.handler.rotate", "RotationFunction"),
     "bootstrap": ("rotation.handler.bootstrap", "BootstrapFunction"),
 }
+#: The context's timeout when no template is read: template.yaml's defaults, not Lambda's 3 s, which the
+#: rotation function's time-budget check (rotation/config.py) would rightly refuse.
+UNTEMPLATED_TIMEOUT_S = {"RotationFunction": 30, "BootstrapFunction": 60}
 DEFAULT_TEMPLATE = "template.yaml"
 EXIT_OK, EXIT_FUNCTION_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         if args.env_from_template or args.template:
             context, environment = _from_template(args.template or DEFAULT_TEMPLATE, handler_path)
         else:
-            context, environment = _lambda_context(default_name), {}
+            timeout = UNTEMPLATED_TIMEOUT_S[default_name]
+            context, environment = _lambda_context(default_name, timeout_seconds=timeout), {}
     except UsageProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
