@@ -101,6 +101,12 @@ def _import_checks(cold_start: dict[str, Any]) -> Iterator[Check]:
 
 
 def cold_start_checks(cold_start: dict[str, Any]) -> Iterator[Check]:
+    """Each stage of the cold path against the reference's, on the larger of the wall-time and CPU-time ratios.
+
+    Wall time is what a cold start costs; on a shared machine it also holds the time spent waiting for a CPU,
+    which scales with the work done and so flatters whichever side does more. The CPU-time ratio is what an
+    idle machine would show. A budget met on one and not the other is not met.
+    """
     paths = cold_start.get("cold_paths")
     if not paths:
         return
@@ -109,20 +115,19 @@ def cold_start_checks(cold_start: dict[str, Any]) -> Iterator[Check]:
               "client": "cold path to createSecret's first request (imports + client) / reference",
               "driver": "cold path to setSecret's first request (imports + client + psycopg) / reference"}
     for stage, label in labels.items():
-        ratio = paths["ratio"][stage]
-        name = f"{label}, fresh interpreter, no .pyc of the function's modules"
-        if ratio is None:
+        name = f"{label}, fresh interpreter, rotation/ without .pyc"
+        wall_ratio, cpu_ratio = paths["ratio"][stage], paths["ratio_cpu"][stage]
+        if wall_ratio is None or cpu_ratio is None:
             yield Check(name, f"<= {COLD_START_RATIO}", "n/a", None, "not measured")
             continue
         ours, reference = paths["wall_ms"]["project"][stage]["median"], paths["wall_ms"]["reference"][stage]["median"]
-        measured = f"{ratio} ({ours:.0f} / {reference:.0f} ms)"
+        measured = f"{max(wall_ratio, cpu_ratio)} (wall {wall_ratio}: {ours:.0f} / {reference:.0f} ms; CPU {cpu_ratio})"
         if samples < MIN_SAMPLES_FOR_TIME_BUDGET:
             yield Check(name, f"<= {COLD_START_RATIO}", measured, None,
                         f"{samples} sample(s): a time budget needs at least {MIN_SAMPLES_FOR_TIME_BUDGET}")
             continue
-        ok = ratio <= COLD_START_RATIO
-        why = "" if ok else _slowest_modules(paths)
-        yield Check(name, f"<= {COLD_START_RATIO}", measured, ok, why)
+        ok = max(wall_ratio, cpu_ratio) <= COLD_START_RATIO
+        yield Check(name, f"<= {COLD_START_RATIO}", measured, ok, "" if ok else _slowest_modules(paths))
 
 
 def _slowest_modules(paths: dict[str, Any]) -> str:
