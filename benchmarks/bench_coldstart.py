@@ -6,7 +6,6 @@ import statements), so interpreter start-up, which the Lambda runtime pays whate
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -178,19 +177,35 @@ def _cold_probe_code(path: str) -> str:
     return _COLD_PROBE.format(stages="\n".join(lines))
 
 
-def _no_pyc_task(workdir: Path, *, with_dependencies: bool) -> Path:
+_FIND_PACKAGES = """
+import importlib.util, json, sys
+found = {}
+for name in sys.argv[1:]:
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.origin is not None:
+        found[name] = [spec.origin, bool(spec.submodule_search_locations)]
+print(json.dumps(found))
+"""
+
+
+def _installed_packages(python: str) -> dict[str, tuple[Path, bool]]:
+    """Where ``python`` finds the artifact's packages: (origin, is a package) by name."""
+    proc = subprocess.run([python, "-c", _FIND_PACKAGES, *ARTIFACT_PACKAGES], capture_output=True, text=True,
+                          timeout=_SUBPROCESS_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"{python} cannot locate the artifact's packages: {proc.stderr.strip()[-2000:]}")
+    return {name: (Path(origin), is_package) for name, (origin, is_package) in json.loads(proc.stdout).items()}
+
+
+def _no_pyc_task(workdir: Path, python: str, *, with_dependencies: bool) -> Path:
     """``rotation`` copied without bytecode, and (``with_dependencies``) the artifact's pure-Python packages too."""
     task = workdir / ("task-all-no-pyc" if with_dependencies else "task-rotation-no-pyc")
     if task.exists():
         return task
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(__file__).resolve().parent.parent / "rotation", task / "rotation", ignore=ignore)
-    for name in ARTIFACT_PACKAGES if with_dependencies else ():
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue
-        origin = Path(spec.origin)
-        if spec.submodule_search_locations:
+    for origin, is_package in (_installed_packages(python).values() if with_dependencies else ()):
+        if is_package:
             shutil.copytree(origin.parent, task / origin.parent.name, ignore=ignore)
             libs = origin.parent.with_name(f"{origin.parent.name}.libs")  # libpq and friends, for psycopg_binary
             if libs.is_dir():
@@ -206,9 +221,10 @@ def _cold_env(task: Path | None) -> dict[str, str]:
     return {**env, **_COLD_ENV, **({"PYTHONPATH": str(task)} if task else {})}
 
 
-def _cold_run(path: str, env: dict[str, str], *, importtime: bool = False) -> tuple[float, list[list[float]], str]:
+def _cold_run(python: str, path: str, env: dict[str, str], *,
+              importtime: bool = False) -> tuple[float, list[list[float]], str]:
     """One fresh interpreter: its whole-process wall time, the stage marks and (with -X importtime) stderr."""
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", _cold_probe_code(path)]
+    command = [python, *(["-X", "importtime"] if importtime else []), "-c", _cold_probe_code(path)]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=_SUBPROCESS_TIMEOUT_S,
                           check=False)
@@ -230,15 +246,17 @@ def _self_time_by_top_level(importtime_stderr: str) -> dict[str, float]:
     return totals
 
 
-def measure_cold_paths(samples: int, workdir: Path) -> dict[str, Any]:
+def measure_cold_paths(samples: int, workdir: Path, python: str = sys.executable) -> dict[str, Any]:
     """The project's cold path against the reference's, in fresh interpreters, interleaved sample by sample.
 
     Each sample runs both paths (alternating which goes first) for stage times inside the interpreter and the
     whole process's wall time, then both again under ``-X importtime`` for the split by top-level module.
+    ``python`` is this interpreter by default; another one (the runtime's version) needs boto3, psycopg[binary]
+    and aws-lambda-powertools installed.
     """
     envs = {
-        "project": _cold_env(_no_pyc_task(workdir, with_dependencies=False)),
-        "project-deps-no-pyc": _cold_env(_no_pyc_task(workdir, with_dependencies=True)),
+        "project": _cold_env(_no_pyc_task(workdir, python, with_dependencies=False)),
+        "project-deps-no-pyc": _cold_env(_no_pyc_task(workdir, python, with_dependencies=True)),
         "reference": _cold_env(None),
     }
     wall: dict[str, dict[str, list[float]]] = {path: {stage: [] for stage in COLD_STAGES} for path in COLD_PATHS}
@@ -248,19 +266,21 @@ def measure_cold_paths(samples: int, workdir: Path) -> dict[str, Any]:
     for sample in range(samples):
         order = list(COLD_PATHS) if sample % 2 == 0 else list(reversed(COLD_PATHS))
         for path in order:
-            whole_ms, marks, _ = _cold_run(path, envs[path])
+            whole_ms, marks, _ = _cold_run(python, path, envs[path])
             whole[path].append(whole_ms)
             for stage, (wall_ms, cpu_ms) in zip(COLD_STAGES, marks, strict=True):
                 wall[path][stage].append(wall_ms)
                 cpu[path][stage].append(cpu_ms)
         for path in order:
-            modules[path].append(_self_time_by_top_level(_cold_run(path, envs[path], importtime=True)[2]))
+            modules[path].append(_self_time_by_top_level(_cold_run(python, path, envs[path], importtime=True)[2]))
     by_module = {}
     for path, runs in modules.items():
         names = set().union(*runs)
         by_module[path] = dict(sorted(((name, round(statistics.median(run.get(name, 0.0) for run in runs), 1))
                                        for name in names), key=lambda item: -item[1]))
     result = {
+        "python": subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                                 text=True, check=False).stdout.strip(),
         "wall_ms": {path: {stage: summarize(values) for stage, values in stages.items()}
                     for path, stages in wall.items()},
         "cpu_ms": {path: {stage: summarize(values) for stage, values in stages.items()}
@@ -351,7 +371,7 @@ def measure_first_invocation(lab: Lab, strategy: str, *, samples: int, later_rot
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Only the cold paths, quickly: ``python benchmarks/bench_coldstart.py [--samples N]``."""
+    """Only the cold paths: ``python benchmarks/bench_coldstart.py [--samples N] [--python PYTHON] [--json-out F]``."""
     import argparse
 
     from bench_budgets import cold_start_checks
@@ -359,9 +379,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--samples", type=int, default=9)
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter to measure (e.g. the runtime's version, with the dependencies installed)")
+    parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rotation-bench-") as workdir:
-        cold = measure_cold_paths(args.samples, Path(workdir))
+        cold = measure_cold_paths(args.samples, Path(workdir), args.python)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(cold, indent=2) + "\n")
+    print(f"Python {cold['cold_paths']['python']}, {args.samples} samples\n")
     print(cold_path_tables(cold["cold_paths"]))
     checks = list(cold_start_checks(cold))
     print(budget_table(checks))
