@@ -13,6 +13,8 @@ instead of ~60 (mostly the new botocore session's event handlers).
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import threading
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, DataNotFoundError, NoRegionError
-from botocore.loaders import Loader
+from botocore.loaders import JSONFileLoader, Loader
 
 from rotation.exceptions import ConfigurationError
 
@@ -32,6 +34,25 @@ _ENDPOINT_SWITCHES = ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_USE_FIPS_ENDPO
 DEFAULT_CONFIG = Config(user_agent_extra="aurora-postgres-rotation")
 
 
+class _PlainDictJSONFileLoader(JSONFileLoader):
+    """botocore's JSON data files, parsed into dicts rather than OrderedDicts.
+
+    botocore still asks for OrderedDict (a Python 2 habit; dicts keep their order since 3.7), which makes the
+    parse of its 1.2 MB endpoints file ~3x slower: 20 against 7 ms of CPU here, on every cold start. Nothing reads
+    the data as an OrderedDict in particular.
+    """
+
+    _OPENERS = ((".json", open), (".json.gz", gzip.open))
+
+    def load_file(self, file_path: str) -> Any:
+        for extension, opener in self._OPENERS:
+            full_path = file_path + extension
+            if os.path.isfile(full_path):
+                with opener(full_path, "rb") as data:
+                    return json.loads(data.read().decode("utf-8"))
+        return None
+
+
 class _NamedServicesLoader(Loader):
     """botocore's data loader, looking only at the services clients were asked for.
 
@@ -41,7 +62,7 @@ class _NamedServicesLoader(Loader):
     """
 
     def __init__(self, extra_search_paths: list[str] | None = None) -> None:
-        super().__init__(extra_search_paths=extra_search_paths)
+        super().__init__(extra_search_paths=extra_search_paths, file_loader=_PlainDictJSONFileLoader())
         self._named: set[str] = set()
 
     def name_service(self, service_name: str) -> None:
