@@ -101,7 +101,8 @@ lambda-artifact:
 	rm -f "$(ART)"/aws_lambda_powertools/event_handler/openapi/swagger_ui/*.js \
 		"$(ART)"/aws_lambda_powertools/event_handler/openapi/swagger_ui/*.css
 	@# checked-hash: Python validates each .pyc against its source's hash, not its mtime (zip archives keep
-	@# mtimes to 2 s, which would silently invalidate timestamp-based .pyc), for well under 1 ms per cold start.
+	@# mtimes to 2 s, which would silently invalidate timestamp-based .pyc); hashing costs a few ms at most
+	@# (psycopg + Powertools imported in 255 ms CPU against 252 unchecked, within the noise).
 	@compiler=""; for candidate in $(LAMBDA_PYTHON_CANDIDATES); do \
 		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(LAMBDA_PYTHON_VERSION))))' \
 			>/dev/null 2>&1; then compiler="$$candidate"; break; fi; \
