@@ -1,21 +1,18 @@
-"""Secrets Manager behind the :class:`~rotation.ports.SecretStore` interface, on boto3.
+"""Secrets Manager behind the :class:`~rotation.ports.SecretStore` interface, on botocore (rotation.aws).
 
-One client per container and endpoint: a Lambda container serves many invocations, and building a boto3
-client costs tens of milliseconds. Short connect timeouts and bounded retries turn "no route to Secrets
+One client per container and endpoint: a Lambda container serves many invocations, and building a client
+costs tens of milliseconds. Short connect timeouts and bounded retries turn "no route to Secrets
 Manager" (a private subnet without an interface endpoint or NAT) into a clear error in seconds, instead of
 a silent hang until the Lambda's own timeout.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import os
 import threading
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -23,11 +20,11 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
-    NoRegionError,
     ReadTimeoutError,
 )
 
-from rotation.exceptions import ConfigurationError, PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
+from rotation import aws
+from rotation.exceptions import PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
 from rotation.ports import AWSCURRENT, SecretMetadata
 
 NO_ROUTE_FIX = (
@@ -65,27 +62,9 @@ ROTATION_CLIENT_CONFIG = Config(
 )
 
 
-@functools.cache
-def _cached_client(endpoint_url: str | None, region: str | None, env_endpoints: tuple[str | None, ...],
-                   config: Config):
-    del env_endpoints  # part of the cache key only: boto3 reads these itself when the client is built
-    return boto3.session.Session().client(
-        "secretsmanager", endpoint_url=endpoint_url, region_name=region, config=config
-    )
-
-
 def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROTATION_CLIENT_CONFIG):
-    """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else boto3's own resolution."""
-    env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER"), os.environ.get("AWS_ENDPOINT_URL"))
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    try:
-        return _cached_client(endpoint_url, region, env_endpoints, config)
-    except NoRegionError as exc:
-        raise ConfigurationError(
-            "no AWS region configured for Secrets Manager: set AWS_REGION (Lambda sets it) or a profile's region"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigurationError(f"cannot build the Secrets Manager client: {exc}") from exc
+    """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else botocore's own resolution."""
+    return aws.client("secretsmanager", endpoint_url=endpoint_url, config=config)
 
 
 class _VersionsWithValues:
