@@ -12,6 +12,7 @@
 # psycopg-binary always matches what runs in Lambda (no "No module named '_pg'"-style breakage).
 
 PYTHON ?= python3
+comma := ,
 
 # Must agree with Runtime and Architectures in template.yaml (tests/test_packaging.py checks this).
 LAMBDA_PYTHON_VERSION := 3.13
@@ -31,6 +32,24 @@ LAMBDA_PLATFORMS := manylinux_2_28_aarch64 manylinux2014_aarch64
 # aws-lambda-powertools does not depend on boto3 (only on jmespath/typing-extensions), and
 # tests/test_packaging.py asserts that no boto3/botocore sneaks into the artifact.
 LAMBDA_REQUIREMENTS := 'psycopg[binary]>=3.2.3,<4' 'aws-lambda-powertools>=3.0,<4'
+
+# Bytecode: /var/task is read-only, so a module shipped without a .pyc is compiled at every cold start. The
+# dependencies' modules the function imports get one, compiled by a Python of the runtime's version (bytecode
+# is version-specific); rotation/ itself ships as source (tests/test_packaging.py). Figures and the size
+# trade-off: docs/performance.md ("Bytecode"). Without such a Python the build warns and ships source only;
+# REQUIRE_BYTECODE=1 makes that an error (for release builds).
+# The first of these that runs and is of the runtime's version compiles (a pyenv shim may not run).
+LAMBDA_PYTHON ?=
+LAMBDA_PYTHON_CANDIDATES = $(LAMBDA_PYTHON) python$(LAMBDA_PYTHON_VERSION) \
+	$(wildcard $(HOME)/.pyenv/versions/$(LAMBDA_PYTHON_VERSION)*/bin/python$(LAMBDA_PYTHON_VERSION))
+REQUIRE_BYTECODE ?=
+# What the rotation and bootstrap functions import (not the whole of Powertools: its other utilities would
+# add ~2 MB of .pyc that no invocation reads).
+POWERTOOLS_IMPORTED := aws_lambda_powertools/*.py aws_lambda_powertools/exceptions aws_lambda_powertools/logging \
+	aws_lambda_powertools/metrics aws_lambda_powertools/shared aws_lambda_powertools/tracing \
+	aws_lambda_powertools/warnings aws_lambda_powertools/utilities/__init__.py \
+	aws_lambda_powertools/utilities/jmespath_utils
+BYTECODE_TARGETS := psycopg psycopg_binary jmespath typing_extensions.py $(POWERTOOLS_IMPORTED)
 
 # Folder holding this Makefile (SAM may run make from a scratch copy of the source tree).
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
@@ -59,9 +78,7 @@ ART = $(abspath $(ARTIFACTS_DIR))
 lambda-artifact:
 	@test -n "$(ARTIFACTS_DIR)" || { echo "ARTIFACTS_DIR is not set (sam build sets it)" >&2; exit 2; }
 	mkdir -p "$(ART)"
-	@# --no-compile: .pyc files compiled by *this* interpreter would be useless on 3.13. We do not
-	@# pre-compile for 3.13 either: it adds ~5 MB and would break the 20 MB artifact budget; the cost
-	@# is that a cold start compiles the modules it imports (psycopg is imported lazily, issue 7).
+	@# --no-compile: .pyc files compiled by *this* interpreter would be useless on 3.13 (see bytecode below).
 	@# Platforms: Lambda python3.13 runs on Amazon Linux 2023 (glibc 2.34), so manylinux_2_28 wheels
 	@# (psycopg-binary 3.3+) are valid; manylinux2014 alone would hold psycopg back at 3.2.x.
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
@@ -83,6 +100,21 @@ lambda-artifact:
 	rm -rf "$(ART)/bin"
 	rm -f "$(ART)"/aws_lambda_powertools/event_handler/openapi/swagger_ui/*.js \
 		"$(ART)"/aws_lambda_powertools/event_handler/openapi/swagger_ui/*.css
+	@# checked-hash: Python validates each .pyc against its source's hash, not its mtime (zip archives keep
+	@# mtimes to 2 s, which would silently invalidate timestamp-based .pyc); hashing costs a few ms at most
+	@# (psycopg + Powertools imported in 255 ms CPU against 252 unchecked, within the noise).
+	@compiler=""; for candidate in $(LAMBDA_PYTHON_CANDIDATES); do \
+		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(LAMBDA_PYTHON_VERSION))))' \
+			>/dev/null 2>&1; then compiler="$$candidate"; break; fi; \
+	done; \
+	if [ -n "$$compiler" ]; then \
+		cd "$(ART)" && "$$compiler" -m compileall -q -j0 --invalidation-mode checked-hash $(BYTECODE_TARGETS) >/dev/null \
+		&& echo "bytecode compiled by $$compiler for: $(BYTECODE_TARGETS)"; \
+	elif [ -n "$(REQUIRE_BYTECODE)" ]; then \
+		echo "no Python $(LAMBDA_PYTHON_VERSION) found for the bytecode (set LAMBDA_PYTHON=/path/to/python$(LAMBDA_PYTHON_VERSION))" >&2; exit 2; \
+	else \
+		echo "WARNING: no Python $(LAMBDA_PYTHON_VERSION) found (set LAMBDA_PYTHON=...): the artifact ships without bytecode, and every cold start compiles psycopg and Powertools (+250 ms to the first setSecret, docs/performance.md)" >&2; \
+	fi
 	@du -sh --apparent-size "$(ART)" | sed 's/^/artifact size (unzipped): /'
 
 test:

@@ -17,11 +17,11 @@ from typing import Any
 from bench_counters import RoundTripCounter, ServerConnectionLog
 
 from rotation.config import Settings
+from rotation.secrets_store import secrets_manager_client
 from rotation_tools.local import LocalToolError
 from rotation_tools.local.aurora import create_app_role, secret_conninfo, setup_aurora_like
 from rotation_tools.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
 from rotation_tools.local.secretsmanager import LocalSecretsManager
-from rotation.secrets_store import secrets_manager_client
 
 SINGLE_USER, ALTERNATING_USERS = "single-user", "alternating-users"
 STRATEGIES = (SINGLE_USER, ALTERNATING_USERS)

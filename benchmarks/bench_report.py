@@ -16,6 +16,7 @@ from bench_budgets import (
     SM_CALLS_PER_ROTATION,
     Check,
 )
+from bench_coldstart import COLD_STAGE_LABELS
 from bench_rotations import STEPS
 
 
@@ -119,6 +120,35 @@ def _import_table(cold: dict[str, Any]) -> str:
     return table(["fresh interpreter", "median ms", "min-max ms", "samples"], rows)
 
 
+def cold_path_tables(paths: dict[str, Any], *, top: int = 12) -> str:
+    """The project's cold path against the reference's, stage by stage, then by top-level module."""
+    rows = []
+    wall = paths["wall_ms"]
+    for stage in ("import", "client", "driver"):
+        ours_label, reference_label = COLD_STAGE_LABELS[stage]
+        rows.append([ours_label, _median(wall["project"][stage]), _spread(wall["project"][stage]),
+                     _median(wall["project-deps-no-pyc"][stage]), reference_label, _median(wall["reference"][stage]),
+                     _spread(wall["reference"][stage]), paths["ratio"][stage], paths["ratio_cpu"][stage],
+                     paths["ratio_deps_no_pyc"][stage], wall["project"][stage]["samples"]])
+    whole = paths["whole_process_ms"]
+    rows.append(["whole process (interpreter start-up to exit)", _median(whole["project"]),
+                 _spread(whole["project"]), _median(whole["project-deps-no-pyc"]), "whole process",
+                 _median(whole["reference"]), _spread(whole["reference"]), paths["ratio_whole_process"], "",
+                 paths["ratio_whole_process_deps_no_pyc"], whole["project"]["samples"]])
+    stages = table(["this project", "median ms", "p10-p90 ms", "dependencies without .pyc, median ms",
+                    "reference (AWS's functions)", "median ms", "p10-p90 ms", "ratio", "ratio of CPU time",
+                    "ratio, dependencies without .pyc", "samples"], rows)
+    by_module = paths["import_self_ms_by_top_level"]
+    columns = ("project", "project-deps-no-pyc", "reference")
+    names = sorted(set().union(*(by_module[c] for c in columns)),
+                   key=lambda name: -max(by_module[c].get(name, 0.0) for c in columns))[:top]
+    module_rows = [[name, *(f"{by_module[c].get(name, 0.0):.1f}" for c in columns)] for name in names]
+    module_rows.append(["all modules", *(f"{sum(by_module[c].values()):.1f}" for c in columns)])
+    modules = table(["top-level module (-X importtime self time, median ms)", "this project",
+                     "dependencies without .pyc", "reference"], module_rows)
+    return stages + "\n\n" + modules + "\n\nCPU time: user + system time of the process (time.process_time)."
+
+
 def _first_invocation_table(results: dict[str, Any]) -> str:
     rows = []
     for strategy, section in results["strategies"].items():
@@ -186,6 +216,9 @@ def render(results: dict[str, Any], checks: list[Check]) -> str:
         _variant_table(results),
         "### Cold start: import time",
         _import_table(results["cold_start"]),
+        "### Cold start: this project against the reference (fresh interpreter, no .pyc of the function's "
+        "modules, as in /var/task)",
+        cold_path_tables(results["cold_start"]["cold_paths"]),
         "### Cold start: first invocation versus later ones (fresh interpreter, median)",
         _first_invocation_table(results),
         "### Throughput: concurrent workers (threads), each rotating its own secret",
@@ -216,6 +249,13 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
     for key, stats in results.get("cold_start", {}).get("import_ms", {}).items():
         if stats:
             figures[f"import {key} ms"] = stats["median"]
+    cold_paths = results.get("cold_start", {}).get("cold_paths", {})
+    for path, stages in cold_paths.get("wall_ms", {}).items():
+        for stage, stats in stages.items():
+            figures[f"cold path {path} {stage} ms"] = stats["median"]
+    for stage, ratio in cold_paths.get("ratio", {}).items():
+        if ratio is not None:
+            figures[f"cold path ratio {stage}"] = ratio
     artifact = results.get("artifact", {})
     if artifact.get("available"):
         figures["artifact unzipped MiB"] = artifact["unzipped_mib"]

@@ -55,12 +55,16 @@ def scram_verifier(conn: psycopg.Connection, username: str, password: str) -> st
 
 
 def _server_reason(exc: Exception, creds: DatabaseCredentials) -> str:
-    """The server's or libpq's own words, minus any chance of echoing the password."""
+    """The server's or libpq's own words; withheld whole if they could contain the password.
+
+    Never a search-and-replace: with a short password, the positions of the marks would spell where its
+    characters occur. libpq does not quote passwords, so this only ever withholds a message by coincidence.
+    """
     text = str(exc).strip().splitlines()
     reason = text[-1] if text else type(exc).__name__
     reason = re.sub(r"^(connection failed: )?", "", reason)
     if creds.password and creds.password in reason:
-        reason = reason.replace(creds.password, "<redacted>")
+        return f"{type(exc).__name__} (libpq's message withheld: it contains the password's characters)"
     return reason
 
 

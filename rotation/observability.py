@@ -3,6 +3,8 @@
 The Logger is module-level (Lambda reuses containers; building it per call costs time), but per-invocation
 keys are thread-local so concurrent in-process invocations (tests, `rotation` CLI workers) do not mix.
 Metrics use Powertools' EphemeralMetrics: the regular Metrics class shares one metric set per process.
+A container's first invocation logs ``cold_start: true`` and ``init_ms``, the time its handler took to import
+(later ones ``cold_start: false``), so cold starts can be found and priced in CloudWatch Logs Insights.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,8 +26,6 @@ DEFAULT_SERVICE = "secrets-rotation"
 #: Powertools refuses to flush metrics without a namespace, and fails the invocation *after* the work was
 #: done; a default keeps a forgotten environment variable from turning successes into errors.
 DEFAULT_NAMESPACE = "SecretsRotation"
-
-
 
 _log_to_stderr = False
 
@@ -64,9 +65,29 @@ def annotate(**keys: object) -> None:
     logger.thread_safe_append_keys(**{k: v for k, v in keys.items() if v is not None})
 
 
+class _ColdStart:
+    """The container's init time, reported by its first invocation only."""
+
+    def __init__(self) -> None:
+        self._init_ms: float | None = None
+        self._reported = False
+        self._lock = threading.Lock()
+
+    def initialized(self, started: float) -> None:
+        self._init_ms = round((time.perf_counter() - started) * 1000, 1)
+
+    def keys(self) -> dict[str, object]:
+        with self._lock:
+            first, self._reported = not self._reported, True
+        return {"cold_start": True, "init_ms": self._init_ms} if first else {"cold_start": False}
+
+
+cold_start = _ColdStart()
+
+
 def start_invocation(context: object, **keys: object) -> None:
     logger.thread_safe_clear_keys()
-    annotate(request_id=getattr(context, "aws_request_id", None), **keys)
+    annotate(request_id=getattr(context, "aws_request_id", None), **cold_start.keys(), **keys)
 
 
 @contextmanager

@@ -52,7 +52,7 @@ from rotation.policy import AdminServer
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
 from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
 from rotation.rds_directory import RDS_API_FIX, default_directory
-from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, secrets_manager_client
+from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, secrets_manager_client, unreachable_fix
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
 REPORT_BUDGET_S = 9.0
@@ -223,9 +223,6 @@ class _Facts:
     #: role name -> (is superuser, admin holds ADMIN OPTION on it)
     target_roles: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
 
-    def passwords(self) -> list[str]:
-        return [creds.password for creds in (self.current, self.admin) if creds is not None and creds.password]
-
 
 class _CheckTimedOut(Exception):
     pass
@@ -255,9 +252,9 @@ def _within(seconds: float, function: Callable[[], Finding]) -> Finding:
     return outcome["finding"]
 
 
-def _fix_for(exc: RotationError, default: str | None) -> str | None:
+def _fix_for(exc: RotationError, default: str | None, endpoint: str | None) -> str | None:
     if isinstance(exc, SecretsManagerUnreachable):
-        return NO_ROUTE_FIX
+        return unreachable_fix(endpoint)
     if isinstance(exc, DatabaseUnreachable):
         return NETWORK_FIX
     if isinstance(exc, TLSError):
@@ -308,8 +305,11 @@ class Preflight:
                 name=name,
                 status=finding.status,
                 duration_ms=round((self._clock() - check_started) * 1000, 1),
-                detail=_redact(finding.detail, facts),
-                fix=_redact(finding.fix, facts) if finding.fix else None,
+                # Built from fields that cannot hold a password (names, addresses, versions, our own errors'
+                # messages, which never quote one); never searched and replaced: marks left where a short
+                # password occurred would spell out its positions.
+                detail=finding.detail,
+                fix=finding.fix,
             ))
         return PreflightReport(
             secret_id=secret_id,
@@ -326,7 +326,7 @@ class Preflight:
         except _CheckTimedOut:
             return fail(f"no result within {limit:.1f} s", default_fix)
         except RotationError as exc:
-            return fail(str(exc), _fix_for(exc, default_fix))
+            return fail(str(exc), _fix_for(exc, default_fix, facts.store.endpoint if facts.store else None))
         except Exception as exc:
             # The message of an unexpected exception is not ours to vet for secrets, and the report goes into the
             # log and the Lambda response: name the type only, and log the traceback for whoever debugs it.
@@ -360,7 +360,7 @@ class Preflight:
             metadata = store.describe(facts.secret_id)
         except SecretsManagerUnreachable as exc:
             return fail(f"cannot reach the Secrets Manager endpoint {store.endpoint}: {_unreachable_why(exc)}",
-                        NO_ROUTE_FIX)
+                        unreachable_fix(store.endpoint))
         except SecretsManagerError as exc:
             if isinstance(exc.__cause__, NoCredentialsError):
                 return fail(str(exc), "give the function an execution role (locally: a profile or AWS_* variables)")
@@ -659,13 +659,6 @@ def _tls_handshake(creds: DatabaseCredentials, address: str, ca_file: str | None
         return warn(f"{detail}: only {days_left} days left",
                     "renew the server certificate (RDS/Aurora: modify the cluster's certificate authority)")
     return ok(detail)
-
-
-def _redact(text: str, facts: _Facts) -> str:
-    # Messages come from our own error hierarchy, which never quotes a password; this is the second lock.
-    for password in facts.passwords():
-        text = text.replace(password, "<redacted>")
-    return text
 
 
 def diagnose(secret_id: str, env: Mapping[str, str] | None = None) -> PreflightReport:

@@ -8,8 +8,6 @@ DescribeDBInstances), short timeouts, and errors that name the fix: in a private
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Any
 
 from botocore.config import Config
@@ -18,11 +16,11 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
-    NoRegionError,
     ReadTimeoutError,
 )
 
-from rotation.exceptions import ConfigurationError, RdsApiError, RdsApiUnreachable
+from rotation import aws
+from rotation.exceptions import RdsApiError, RdsApiUnreachable
 from rotation.topology import ClusterTopology, Endpoint
 
 RDS_API_FIX = (
@@ -38,21 +36,9 @@ RDS_CLIENT_CONFIG = Config(
 )
 
 
-@functools.cache
-def _cached_client(region: str | None, env_endpoints: tuple[str | None, ...]) -> Any:
-    del env_endpoints  # part of the cache key only: botocore reads them itself
-    import botocore.session
-
-    return botocore.session.get_session().create_client("rds", region_name=region, config=RDS_CLIENT_CONFIG)
-
-
 def rds_client() -> Any:
-    env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_RDS"), os.environ.get("AWS_ENDPOINT_URL"))
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    try:
-        return _cached_client(region, env_endpoints)
-    except NoRegionError as exc:
-        raise ConfigurationError("no AWS region configured for the RDS API: set AWS_REGION") from exc
+    """The container's RDS API client (botocore honours AWS_ENDPOINT_URL_RDS, as for every service)."""
+    return aws.client("rds", config=RDS_CLIENT_CONFIG)
 
 
 def _endpoint(document: Any, what: str) -> Endpoint:

@@ -1,19 +1,18 @@
-"""Secrets Manager behind the :class:`~rotation.ports.SecretStore` interface, on boto3.
+"""Secrets Manager behind the :class:`~rotation.ports.SecretStore` interface, on botocore (rotation.aws).
 
-One client per container and endpoint: a Lambda container serves many invocations, and building a boto3
-client costs tens of milliseconds. Short connect timeouts and bounded retries turn "no route to Secrets
+One client per container and endpoint: a Lambda container serves many invocations, and building a client
+costs tens of milliseconds. Short connect timeouts and bounded retries turn "no route to Secrets
 Manager" (a private subnet without an interface endpoint or NAT) into a clear error in seconds, instead of
 a silent hang until the Lambda's own timeout.
 """
 
 from __future__ import annotations
 
-import functools
-import os
+import ipaddress
 import threading
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -21,17 +20,35 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
-    NoRegionError,
     ReadTimeoutError,
 )
 
-from rotation.exceptions import ConfigurationError, PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
+from rotation import aws
+from rotation.exceptions import PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
 from rotation.ports import AWSCURRENT, SecretMetadata
 
 NO_ROUTE_FIX = (
     "a function in a private subnet needs an interface VPC endpoint for secretsmanager with private DNS "
     "enabled, or a NAT gateway, and a security group that allows outbound HTTPS (443)"
 )
+LOCAL_ENDPOINT_FIX = (
+    "the endpoint is on this machine: is the local server running (moto_server, `rotation demo --keep`...), on "
+    "that port, and answering?"
+)
+
+
+def is_loopback(endpoint_url: str | None) -> bool:
+    """True for an endpoint on this machine (a local server such as moto), which no VPC route concerns."""
+    host = urlsplit(endpoint_url or "").hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
+
+
+def unreachable_fix(endpoint_url: str | None) -> str:
+    """What to do when ``endpoint_url`` does not answer: a loopback endpoint is a local server, not a VPC route."""
+    return LOCAL_ENDPOINT_FIX if is_loopback(endpoint_url) else NO_ROUTE_FIX
 
 #: Rotation: three attempts in all, each with at most 3 s to connect and 5 s to answer, so a missing route fails
 #: in ~9 s and an endpoint that accepts but never answers in ~15 s, both well inside the function's 30 s timeout,
@@ -45,27 +62,9 @@ ROTATION_CLIENT_CONFIG = Config(
 )
 
 
-@functools.cache
-def _cached_client(endpoint_url: str | None, region: str | None, env_endpoints: tuple[str | None, ...],
-                   config: Config):
-    del env_endpoints  # part of the cache key only: boto3 reads these itself when the client is built
-    return boto3.session.Session().client(
-        "secretsmanager", endpoint_url=endpoint_url, region_name=region, config=config
-    )
-
-
 def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROTATION_CLIENT_CONFIG):
-    """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else boto3's own resolution."""
-    env_endpoints = (os.environ.get("AWS_ENDPOINT_URL_SECRETS_MANAGER"), os.environ.get("AWS_ENDPOINT_URL"))
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    try:
-        return _cached_client(endpoint_url, region, env_endpoints, config)
-    except NoRegionError as exc:
-        raise ConfigurationError(
-            "no AWS region configured for Secrets Manager: set AWS_REGION (Lambda sets it) or a profile's region"
-        ) from exc
-    except BotoCoreError as exc:
-        raise ConfigurationError(f"cannot build the Secrets Manager client: {exc}") from exc
+    """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else botocore's own resolution."""
+    return aws.client("secretsmanager", endpoint_url=endpoint_url, config=config)
 
 
 class _VersionsWithValues:
@@ -111,7 +110,8 @@ class SecretsManagerStore:
             return getattr(self._client, operation)(**{id_parameter: secret_id}, **kwargs)
         except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
             raise SecretsManagerUnreachable(
-                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): {NO_ROUTE_FIX}"
+                f"cannot reach the Secrets Manager endpoint {self.endpoint} ({type(exc).__name__}): "
+                f"{unreachable_fix(self.endpoint)}"
             ) from exc
         except NoCredentialsError as exc:
             raise SecretsManagerError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -33,12 +34,12 @@ import psycopg.errors
 from rotation.database import role_exists
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
+from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS
+from rotation.protocol import CLONE_SUFFIX
 from rotation_tools.local.aurora import login_accepted, secret_conninfo, setup_aurora_like
 from rotation_tools.local.lambda_context import LambdaContext
 from rotation_tools.local.postgres import PostgresServer, find_bindir, start_postgres
 from rotation_tools.local.secretsmanager import LocalSecretsManager
-from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS
-from rotation.protocol import CLONE_SUFFIX
 
 READER = "reader_user"
 READER_CLONE = READER + CLONE_SUFFIX
@@ -132,6 +133,8 @@ class DemoReport:
     resources: Resources | None
     #: Steps left out because an earlier one failed.
     skipped: tuple[str, ...] = ()
+    #: Directories the demo created and deleted at the end (None while they still exist, as with --keep).
+    cleaned_up: tuple[str, ...] | None = None
 
     @property
     def checks(self) -> list[Check]:
@@ -160,6 +163,7 @@ class DemoReport:
             "checks": [{"step": step.number, **check.to_dict()} for step in self.steps for check in step.checks],
             "figures": self.figures,
             "resources": self.resources.to_dict() if self.resources else None,
+            "cleaned_up": list(self.cleaned_up) if self.cleaned_up is not None else None,
         }
 
 
@@ -211,6 +215,9 @@ class Story:
 
     def value(self, secret_id: str, stage: str = AWSCURRENT) -> dict[str, Any]:
         return self.sm.value(secret_id, stage)
+
+    def cleaned_up_paths(self) -> tuple[str, ...]:
+        return (str(self.server.workdir),) if self.server is not None else ()
 
     def resources(self) -> Resources | None:
         if self.server is None or self.secrets is None:
@@ -392,7 +399,8 @@ def create_cluster(story: Story, report: StepReport) -> StepReport:
     report.say(f"PostgreSQL {server.version} on {server.host}:{server.port} ({server.bindir}), "
                f"every statement logged to {server.log_file}")
     report.say(f"Secrets Manager API (moto) at {story.sm.endpoint_url}")
-    report.say(f"master secret {story.master_arn}:")
+    report.say("master secret, as the console shows it (password masked):")
+    report.say(f"  ARN {story.master_arn}")
     report.lines += _indented(masked(master))
 
     facts = _superuser_value(
@@ -456,7 +464,8 @@ def bootstrap_reader(story: Story, report: StepReport) -> StepReport:
     report.say(f"response: {json.dumps(response)}")
 
     secret = story.value(story.reader_arn)
-    report.say(f"secret {story.reader_arn}:")
+    report.say("the new secret, as the console shows it (password masked):")
+    report.say(f"  ARN {story.reader_arn}")
     report.lines += _indented(masked(secret))
     name = story.sm.client().describe_secret(SecretId=story.reader_arn)["Name"]
     report.check("the function answered with the secret's ARN, the user and its group role",
@@ -663,7 +672,8 @@ def run_demo(
         result = DemoReport(reports, time.perf_counter() - started, story.resources(), skipped)
         if while_running is not None:
             while_running(result)
-    return result
+    # Everything it names was stopped and deleted: a report that still listed it would point at nothing.
+    return dataclasses.replace(result, resources=None, cleaned_up=story.cleaned_up_paths())
 
 
 __all__ = [

@@ -110,6 +110,19 @@ def _psycopg_imported_at_import(results: dict[str, Any]) -> None:
     results["cold_start"]["first_importers"]["psycopg"] = ["rotation/handler.py:12"]
 
 
+def _slow_cold_start(results: dict[str, Any]) -> None:
+    """Five samples (enough to judge a time), the handler's import at 0.9x the reference's wall and CPU time."""
+    paths = results["cold_start"]["cold_paths"]
+    for measure in ("wall_ms", "cpu_ms"):
+        for stats in paths[measure]["project"].values():
+            stats["samples"] = 5
+    paths["ratio"]["import"] = paths["ratio_cpu"]["import"] = 0.9
+    for stage in ("client", "driver"):
+        paths["ratio"][stage] = paths["ratio_cpu"][stage] = 0.5
+    paths["import_self_ms_by_top_level"]["project"] = {"botocore": 150.0, "rotation": 24.0}
+    paths["import_self_ms_by_top_level"]["reference"] = {"botocore": 150.0, "boto3": 20.0}
+
+
 def _artifact(mib: float) -> Any:
     def edit(results: dict[str, Any]) -> None:
         results["artifact"] = {"available": True, "unzipped_mib": mib, "largest_mib": {"psycopg_binary.libs": 11.4}}
@@ -129,6 +142,9 @@ def _artifact(mib: float) -> Any:
                      "imported via rotation/handler.py:12", id="psycopg-imported-by-the-handler"),
         pytest.param(_artifact(20.5), "sam build artifact (RotationFunction), unzipped", "psycopg_binary.libs 11.4",
                      id="artifact-over-20-mib"),
+        pytest.param(_slow_cold_start, "`import rotation.handler` / `import boto3`, fresh interpreter, rotation/ "
+                     "without .pyc", "botocore 150 ms (reference 150), rotation 24 ms (reference 0)",
+                     id="handler-import-over-0.7x-the-reference"),
     ],
 )
 def test_an_exceeded_budget_fails_the_run_and_says_why(bench_results, bench_budgets, edit, failing_check,

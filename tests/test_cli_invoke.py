@@ -94,7 +94,7 @@ def test_the_four_event_files_rotate_a_secret(sm, make_app_user, store_secret, m
 
         assert result.returncode == 0, result.stdout + result.stderr
         assert response(result.stdout)["step"] == name.removesuffix(".json")
-        assert '"level":"INFO"' in result.stdout, "the handler's JSON log lines are on stdout"
+        assert '"level":"INFO"' in result.stderr, "the JSON log lines are on stderr, as sam local invoke's"
 
     new = sm.value(arn, "AWSCURRENT")
     assert "AWSCURRENT" in sm.stages(arn)[token]
@@ -166,7 +166,7 @@ def test_env_from_template_sets_the_password_policy(sm, make_app_user, store_sec
     assert f"environment from {template}, function RotationFunction" in result.stderr
     if user_env:
         assert "kept from your environment: " in result.stderr and "PASSWORD_LENGTH" in result.stderr
-    assert '"service":"local-rotation"' in result.stdout, "the logger was built after the template's env was set"
+    assert '"service":"local-rotation"' in result.stderr, "the logger was built after the template's env was set"
     password = sm.value(arn, "AWSPENDING", token)["password"]
     assert len(password) == expected_length
     assert any(ch.isdigit() for ch in password) is digits_allowed

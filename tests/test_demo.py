@@ -155,7 +155,8 @@ def test_the_story_in_process_verifies_every_claim(capsys: pytest.CaptureFixture
     shown = "\n".join(line for step in document["steps"] for line in step["lines"])
     assert f'"password": "{MASK}"' in shown
     # Everything it started is gone, and the caller's environment is as it was.
-    assert not Path(document["resources"]["postgres"]["workdir"]).exists()
+    assert document["resources"] is None, "nothing it started still exists: the report lists none of it"
+    assert document["cleaned_up"] and not any(Path(path).exists() for path in document["cleaned_up"])
     assert dict(os.environ) == environment_before
 
 
@@ -174,6 +175,8 @@ def test_the_story_as_a_command_exits_0_and_leaves_nothing_behind(tmp_path: Path
     assert "Summary: ✓ every check passed" in out
     assert "✗" not in out
     assert "\033[" not in out, "no colour when stdout is not a terminal"
+    arn_lines = [line for line in out.splitlines() if "arn:aws:secretsmanager:" in line]
+    assert arn_lines and not [line for line in arn_lines if line.rstrip().endswith(":")], "an ARN ends where it ends"
     assert "Traceback" not in result.stderr
     assert_nothing_left(tmpdir)
 
@@ -191,7 +194,8 @@ def test_a_failing_step_fails_the_demo_and_stops_the_story(
     assert exit_code == 1 and document["ok"] is False
     assert len(failed) == 1 and failed[0][0] == 3 and "PASSWORD_LENGTH" in failed[0][1]
     assert len(document["skipped_steps"]) == 4
-    assert not Path(document["resources"]["postgres"]["workdir"]).exists()
+    assert document["resources"] is None
+    assert document["cleaned_up"] and not any(Path(path).exists() for path in document["cleaned_up"])
 
 
 # ============================================================================================ interrupted and kept
@@ -244,6 +248,20 @@ def test_keep_leaves_a_cluster_to_explore_with_the_printed_details(demo_process:
     assert f"PGPORT={postgres['port']}" in commands["environment"]
     assert resources["secrets_manager"]["endpoint_url"] in commands["environment"]
     assert secret["password"] not in json.dumps(document), "passwords are fetched by the commands, never printed"
+
+    # The printed event commands run the rotation's four steps, one invocation each, against the kept stack.
+    shell = "; ".join([commands["environment"], commands["write_events"], commands["invoke_events"]])
+    bindir = str(Path(sys.executable).parent)
+    ran = subprocess.run(["bash", "-c", f"set -e; {shell}"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.count('"changed"') == 4, ran.stdout
+    rotated = json.loads(client.get_secret_value(SecretId=resources["secrets"][READER],
+                                                 VersionStage="AWSCURRENT")["SecretString"])
+    assert rotated["password"] != secret["password"]
+    with psycopg.connect(host=postgres["host"], port=postgres["port"], dbname="appdb", user=rotated["username"],
+                         password=rotated["password"], sslmode="disable", connect_timeout=5) as conn:
+        assert conn.execute("SELECT count(*) FROM films").fetchone() == (1,)
 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0

@@ -391,10 +391,11 @@ def test_unreachable_database_fails_fast_naming_host_and_port(sm, user_secret, c
 
 
 @pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_SECRETS_MANAGER", "SECRETS_MANAGER_ENDPOINT"])
-def test_unreachable_secrets_manager_names_the_vpc_endpoint_fix(monkeypatch, variable, closed_port):
+def test_unreachable_secrets_manager_names_the_fix(monkeypatch, variable, closed_port):
+    """A loopback endpoint is a local server that is not running; tests/test_cli_endpoints.py covers AWS's fix."""
     monkeypatch.delenv("SECRETS_MANAGER_ENDPOINT")
     monkeypatch.setenv(variable, f"http://127.0.0.1:{closed_port}")
-    with pytest.raises(SecretsManagerUnreachable, match="interface VPC endpoint for secretsmanager"):
+    with pytest.raises(SecretsManagerUnreachable, match="is the local server running"):
         invoke(Step.CREATE, "arn:aws:secretsmanager:us-east-1:123456789012:secret:x", str(uuid.uuid4()))
 
 

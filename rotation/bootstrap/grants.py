@@ -24,9 +24,9 @@ drop_roles each change the database in one transaction.
   from groups and ``SET ROLE`` to the group does not apply them either.
 - With ``ReadOnlyTransactions: true`` it is also set on the login role and on the alternating users'
   ``_clone`` if rotation created one (rotation copies the login role's settings to the clone once, when it
-  creates it; so the bootstrap sets it on an existing clone itself), and the login check requires it. Without it (the default) the bootstrap
-  neither sets it on the login roles nor removes it where an administrator did: a setting someone chose on
-  purpose is left as it is, and noted in the log.
+  creates it; so the bootstrap sets it on an existing clone itself), and the login check requires it.
+  Without it (the default) the bootstrap neither sets it on the login roles nor removes it where an
+  administrator did: a setting someone chose on purpose is left as it is, and noted in the log.
 
 The privileges are the barrier: a plain session of the login may SELECT what was granted and anything else is
 refused with SQLSTATE 42501 ("permission denied for table films"), which is what the Query Editor shows.

@@ -65,8 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rotation_tools.demo import DemoOptions, run_demo
     from rotation.exceptions import LocalToolError
+    from rotation_tools.demo import DemoOptions, run_demo
     from rotation_tools.local.postgres import cleanup_on_sigterm
 
     cleanup_on_sigterm()  # `kill` must stop the servers and delete their directories, as Ctrl-C does
@@ -118,9 +118,13 @@ def _connect_commands(resources) -> dict[str, str]:
     """
     from rotation_tools.demo import DBNAME
 
-    env = (f"export AWS_ENDPOINT_URL_SECRETS_MANAGER={resources.endpoint_url} AWS_REGION={resources.region} "
+    # SECRETS_MANAGER_ENDPOINT too: the function prefers it, and one left in the shell would win.
+    env = (f"export AWS_ENDPOINT_URL_SECRETS_MANAGER={resources.endpoint_url} "
+           f"SECRETS_MANAGER_ENDPOINT={resources.endpoint_url} AWS_REGION={resources.region} "
            f"AWS_DEFAULT_REGION={resources.region} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
            f"PGHOST={resources.postgres_host} PGPORT={resources.postgres_port} PGDATABASE={DBNAME} PGSSLMODE=disable")
+    # Inside the demo's working directory, so Ctrl-C deletes the event files with everything else.
+    events = shlex.quote(os.path.join(resources.workdir, "events"))
     psql = os.path.join(resources.postgres_bindir, "psql")
     psql = shlex.quote(psql) if os.access(psql, os.X_OK) else "psql"
     to_exports = ('import json,shlex,sys; s=json.load(sys.stdin); print("export PGUSER=%s PGPASSWORD=%s" % '
@@ -142,6 +146,12 @@ def _connect_commands(resources) -> dict[str, str]:
         "psql_reader": f"login {shlex.quote(resources.reader_secret_arn)}",
         "psql_master": f"login {shlex.quote(resources.master_secret_arn)}",
         "rotate_again": f"rotation rotate --secret-id {shlex.quote(resources.reader_secret_arn)}",
+        "write_events": f"rotation events --secret-id {shlex.quote(resources.reader_secret_arn)} --out {events}",
+        "invoke_events": ("for step in createSecret setSecret testSecret finishSecret; do "
+                          f"rotation invoke {events}/$step.json || break; done"),
+        "sam_local_invoke": (f"sam local invoke RotationFunction -e {events}/createSecret.json "
+                             f"--parameter-overrides SecretsManagerEndpoint={resources.endpoint_url} "
+                             "--docker-network host   # where Docker exists; then the other three"),
     }
 
 
@@ -250,4 +260,9 @@ class _View:
         self.line(f"     {commands['psql_reader']}      # as the user AWSCURRENT of the reader secret names")
         self.line(f"     {commands['psql_master']}      # as the master")
         self.line(f"     {commands['rotate_again']}      # rotate it again, then log in again")
+        self.line("   The rotation's four events, run one by one against this stack (a fresh AWSPENDING version is "
+                  "staged as RotateSecret does):")
+        self.line(f"     {commands['write_events']}")
+        self.line(f"     {commands['invoke_events']}")
+        self.line(f"     {commands['sam_local_invoke']}")
         self.line("   Ctrl-C stops both servers and deletes their files.")

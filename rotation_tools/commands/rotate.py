@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from rotation.config import Settings
     from rotation.exceptions import RotationError
     from rotation.handler import build_database
-    from rotation_tools.local.driver import rotate_now
     from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
+    from rotation_tools.local.driver import rotate_now
 
     if not args.json:
         print(f"rotating {args.secret_id}" + (f", resuming token {args.token}" if args.token else ""), flush=True)

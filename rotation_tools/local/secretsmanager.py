@@ -61,8 +61,8 @@ class LocalSecretsManager:
             from moto.server import ThreadedMotoServer
         except ImportError as exc:
             raise LocalToolError(
-                "the local Secrets Manager needs moto with its server extra: `pip install 'moto[server]'` "
-                "(included in `pip install 'aurora-postgres-rotation[local]'`)"
+                "the local Secrets Manager needs moto and Flask for its server: `pip install "
+                "'aurora-postgres-rotation[local]'` (moto's Secrets Manager, Logs and RDS services, Flask)"
             ) from exc
         if port:
             # moto's server thread dies silently on a bind error and start() then waits forever; check first.
@@ -244,6 +244,15 @@ class LocalSecretsManager:
             )
         if automatically_after_days or not secret.auto_rotate_after_days:
             secret.auto_rotate_after_days = automatically_after_days or 30
+
+    def set_rotation_dates(self, secret_id: str, *, last_rotated: float | None = None,
+                           next_rotation: float | None = None) -> None:
+        """Backdate LastRotatedDate / set NextRotationDate (epoch seconds): a fleet with history, for tests."""
+        secret = self._model(secret_id, "RotateSecret")
+        if last_rotated is not None:
+            secret.last_rotation_date = int(last_rotated)
+        if next_rotation is not None:
+            secret.next_rotation_date = int(next_rotation)
 
     def stage_pending(self, secret_id: str, token: str | None = None) -> str:
         """Start a rotation the way ``RotateSecret`` does, up to the point where it invokes ``createSecret``.
