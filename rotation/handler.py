@@ -8,35 +8,12 @@ figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from rotation import IMPORT_STARTED
-from rotation.config import Settings, check_time_budget, time_budget_ms
+from rotation import IMPORT_STARTED, wiring
+from rotation.config import Settings, check_time_budget
 from rotation.events import PreflightEvent, RotationEvent, Step
 from rotation.observability import annotate, cold_start, logged_failure, logger, start_invocation, step_metrics
-from rotation.protocol import Rotation
-from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
-
-
-def build_database(settings: Settings, remaining_ms: Callable[[], int] | None = None):
-    # Deferred: psycopg costs ~70-100 ms to import and createSecret/finishSecret never need it.
-    from rotation.database import PostgresDatabase
-    from rotation.transient import budget_within
-
-    # Transient failures (a failover, a connection storm) are retried only in the time the function's timeout
-    # leaves over beyond a step's worst case, so the function reports "failover in progress" itself rather than
-    # being killed mid-step (10 s at most; about 7.8 s of a 30 s timeout with PGCONNECT_TIMEOUT 5).
-    retry_budget_s = budget_within(remaining_ms() if remaining_ms else None, time_budget_ms(settings.connect_timeout))
-    return PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert,
-                            retry_budget_s=retry_budget_s)
-
-
-def build_directory():
-    # Deferred: only an admin secret without a host (RDS-managed) or an endpoint outside the admin's needs it.
-    from rotation.rds_directory import default_directory
-
-    return default_directory()
 
 
 def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -53,14 +30,7 @@ def rotate(event: dict[str, Any], context: Any) -> dict[str, Any]:
         remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
         if remaining_ms is not None:
             check_time_budget(settings, remaining_ms())
-        rotation = Rotation(
-            store=SecretsManagerStore(secrets_manager_client(settings.secrets_manager_endpoint)),
-            database=lambda: build_database(settings, remaining_ms),
-            settings=settings,
-            annotate=annotate,
-            directory=build_directory,
-        )
-        outcome = rotation.run(request)
+        outcome = wiring.rotation(settings, annotate=annotate, remaining_ms=remaining_ms).run(request)
         logger.info(outcome.action, extra={"changed": outcome.changed})
         return {"step": outcome.step.value, "action": outcome.action, "changed": outcome.changed}
 
@@ -70,7 +40,7 @@ def bootstrap(event: dict[str, Any], context: Any) -> dict[str, Any]:
     start_invocation(context)
     from rotation.bootstrap import handle  # keeps the rotation function's cold start lean
 
-    return handle(event, context)
+    return handle(event, context, wiring.bootstrapper)
 
 
 cold_start.initialized(IMPORT_STARTED)

@@ -31,6 +31,7 @@ from typing import Any
 from botocore.config import Config
 from botocore.exceptions import NoCredentialsError
 
+from rotation import wiring
 from rotation.config import Settings
 from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.database import PostgresDatabase
@@ -51,8 +52,8 @@ from rotation.observability import logger
 from rotation.policy import AdminServer
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
 from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
-from rotation.rds_directory import RDS_API_FIX, default_directory
-from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, secrets_manager_client, unreachable_fix
+from rotation.rds_directory import RDS_API_FIX
+from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, unreachable_fix
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
 REPORT_BUDGET_S = 9.0
@@ -351,9 +352,7 @@ class Preflight:
     def _secrets_manager_endpoint(facts: _Facts) -> Finding:
         # DescribeSecret doubles as the reachability probe: any HTTP answer, even an error, proves the route.
         try:
-            store = SecretsManagerStore(
-                secrets_manager_client(facts.settings.secrets_manager_endpoint, PREFLIGHT_CLIENT_CONFIG)
-            )
+            store = wiring.store(facts.settings, PREFLIGHT_CLIENT_CONFIG)
         except ConfigurationError as exc:  # no region: secrets_manager_client says so, naming AWS_REGION
             return fail(str(exc), "set AWS_REGION (Lambda sets it for you; locally, a profile with a region works too)")
         try:
@@ -479,7 +478,7 @@ class Preflight:
 
     @staticmethod
     def _database(facts: _Facts) -> PostgresDatabase:
-        return PostgresDatabase(connect_timeout=NETWORK_TIMEOUT_S, ssl_root_cert=facts.settings.ssl_root_cert)
+        return wiring.database(facts.settings, connect_timeout=NETWORK_TIMEOUT_S, retries=False)
 
     def _current_login(self, facts: _Facts) -> Finding:
         creds = facts.current
@@ -510,7 +509,7 @@ class Preflight:
         # The rotation's own read and policy: the admin's server from the admin side only, and the user secret
         # pointing at it. Whoever invokes the preflight learns whether that holds, not who or where the admin is.
         try:
-            access = SecretReads(facts.store, facts.metadata, facts.settings, default_directory).admin(creds)
+            access = SecretReads(facts.store, facts.metadata, facts.settings, wiring.directory).admin(creds)
         except ForeignEndpoint:
             return fail("admin secret readable, but the user secret does not point at the admin's server or another "
                         "endpoint of its cluster: the rotation refuses to use the admin for it",

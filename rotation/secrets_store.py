@@ -93,12 +93,17 @@ class _VersionsWithValues:
             return key in self._seen
 
 
-_versions_with_values = _VersionsWithValues()
-
-
 class SecretsManagerStore:
+    """Secrets Manager for the protocol. Build it through rotation.wiring.store, which keeps one per client for
+    the container's life: it remembers the versions it has seen with a value."""
+
     def __init__(self, client) -> None:
         self._client = client
+        self._versions_with_values = _VersionsWithValues()
+
+    @property
+    def client(self):
+        return self._client
 
     @property
     def endpoint(self) -> str:
@@ -149,11 +154,11 @@ class SecretsManagerStore:
         if version_id is not None:
             kwargs["VersionId"] = version_id
         response = self._call("get_secret_value", secret_id, **kwargs)
-        _versions_with_values.add(response.get("ARN", secret_id), response.get("VersionId"))
+        self._versions_with_values.add(response.get("ARN", secret_id), response.get("VersionId"))
         return response.get("SecretString")
 
     def has_value(self, secret_id: str, version_id: str, stage: str) -> bool:
-        if (secret_id, version_id) in _versions_with_values:
+        if (secret_id, version_id) in self._versions_with_values:
             return True
         try:
             self.get_secret_string(secret_id, stage, version_id)
@@ -166,7 +171,7 @@ class SecretsManagerStore:
         if rotation_token:
             kwargs["RotationToken"] = rotation_token
         response = self._call("put_secret_value", secret_id, **kwargs)
-        _versions_with_values.add(response.get("ARN", secret_id), token)
+        self._versions_with_values.add(response.get("ARN", secret_id), token)
 
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None:
         kwargs = {"VersionStage": AWSCURRENT, "MoveToVersionId": to_version}

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rotation import wiring
 from rotation.config import Settings
 from rotation.credentials import DatabaseCredentials, parse_secret_string
 from rotation.exceptions import (
@@ -35,7 +36,7 @@ from rotation.exceptions import (
 from rotation.policy import pending_mismatch
 from rotation.ports import AWSCURRENT, AWSPENDING, Database, SecretMetadata
 from rotation.protocol import CLONE_SUFFIX, choose_strategy, original_role
-from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
+from rotation.secrets_store import SecretsManagerStore
 
 
 class RepairStore(SecretsManagerStore):
@@ -148,12 +149,9 @@ class Repair:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Repair:
         """Adapters configured as the rotation function's are, from ``env`` (default: the process's)."""
-        from rotation.database import PostgresDatabase
-
         settings = Settings.from_env(os.environ if env is None else env)
-        store = RepairStore(secrets_manager_client(settings.secrets_manager_endpoint))
-        database = PostgresDatabase(connect_timeout=settings.connect_timeout, ssl_root_cert=settings.ssl_root_cert)
-        return cls(store, database, settings)
+        # One attempt per login: repair must report what the database says now, not ride out a failover.
+        return cls(wiring.store(settings, kind=RepairStore), wiring.database(settings, retries=False), settings)
 
     # ------------------------------------------------------------------------------------------ analysis
 

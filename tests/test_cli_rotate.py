@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from helpers import assert_refused_insert, can_login
 
+from rotation import wiring
 from rotation.config import Settings
 from rotation.events import Step
-from rotation.handler import build_database
 from rotation.secrets_store import SecretsManagerStore
 from rotation_tools.cli import main
 from rotation_tools.commands.rotate import explain_failure
@@ -252,7 +252,7 @@ def test_network_lost_after_set_secret_warns_that_the_single_user_password_chang
         if result.step is Step.SET:
             network_path.close()
 
-    report = rotate_now(store, lambda: build_database(settings), settings, arn,
+    report = rotate_now(store, lambda: wiring.database(settings), settings, arn,
                         on_step=lose_the_network_after_set_secret)
     explanation = io.StringIO()
     explain_failure(report, explanation)
@@ -263,7 +263,7 @@ def test_network_lost_after_set_secret_warns_that_the_single_user_password_chang
     network_path.open()
     assert not can_login(original), "the warning is true: AWSCURRENT's password was replaced"
 
-    resumed = rotate_now(store, lambda: build_database(settings), settings, arn, token=report.token)
+    resumed = rotate_now(store, lambda: wiring.database(settings), settings, arn, token=report.token)
 
     assert resumed.ok, resumed.failed
     assert [step.action for step in resumed.steps][:2] == [

@@ -21,7 +21,7 @@ The package, one module per concern:
 - ``secrets``: the Secrets Manager calls beyond rotation's: BootstrapSecrets, ExistingSecret.
 - ``grants``: everything done in PostgreSQL: inspect_database, DatabasePlan, reconcile_database, drop_roles,
   check_login, and what "brought in line" means for roles that already exist.
-- ``service``: the order of work above: Bootstrapper, BootstrapResult, build_bootstrapper.
+- ``service``: the order of work above: Bootstrapper, BootstrapResult (rotation.wiring builds one).
 - ``entry``: handle, the Lambda entry point (direct invocation or CloudFormation custom resource).
 
 ``rotation.handler.bootstrap`` imports this package only when the bootstrap function is invoked, so the rotation
@@ -44,7 +44,7 @@ from rotation.bootstrap.grants import (
 )
 from rotation.bootstrap.request import DEFAULT_SCHEMAS, GROUP_ROLE_SUFFIX, BootstrapRequest, TableName
 from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
-from rotation.bootstrap.service import SECRET_NAME_PREFIX, Bootstrapper, BootstrapResult, build_bootstrapper
+from rotation.bootstrap.service import SECRET_NAME_PREFIX, Bootstrapper, BootstrapResult
 
 __all__ = [
     "DEFAULT_SCHEMAS",
@@ -61,7 +61,6 @@ __all__ = [
     "Relation",
     "RoleState",
     "TableName",
-    "build_bootstrapper",
     "check_login",
     "drop_roles",
     "handle",

@@ -7,13 +7,14 @@ from typing import Any
 
 from rotation import cfn
 from rotation.bootstrap.request import BootstrapRequest
-from rotation.bootstrap.service import Bootstrapper, build_bootstrapper
+from rotation.bootstrap.service import Bootstrapper
 from rotation.exceptions import InvalidEventError
 from rotation.observability import annotate, logged_failure, step_metrics
 
+Factory = Callable[[], Bootstrapper]
 
-def _custom_resource(request: cfn.CustomResourceRequest,
-                     factory: Callable[[], Bootstrapper] = build_bootstrapper) -> cfn.Outcome:
+
+def _custom_resource(request: cfn.CustomResourceRequest, factory: Factory) -> cfn.Outcome:
     annotate(request_type=request.request_type, logical_resource_id=request.logical_resource_id)
     with step_metrics("Bootstrap", request.request_type), logged_failure():
         if request.request_type == cfn.DELETE:
@@ -24,7 +25,7 @@ def _custom_resource(request: cfn.CustomResourceRequest,
         return cfn.Outcome(result.secret_name, reason, result.response())
 
 
-def _delete(request: cfn.CustomResourceRequest, factory: Callable[[], Bootstrapper]) -> cfn.Outcome:
+def _delete(request: cfn.CustomResourceRequest, factory: Factory) -> cfn.Outcome:
     physical_id = request.physical_resource_id or ""
     if physical_id.startswith(cfn.NOT_CREATED_PREFIX):
         return cfn.Outcome(physical_id, "the Create had failed: nothing to remove")
@@ -39,10 +40,14 @@ def _delete(request: cfn.CustomResourceRequest, factory: Callable[[], Bootstrapp
     return cfn.Outcome(physical_id, "; ".join(changes) or "nothing left to remove")
 
 
-def handle(event: Any, context: Any) -> dict[str, Any]:
-    """Direct invocation (returns SecretArn, Username, GroupRole) or CloudFormation custom resource."""
+def handle(event: Any, context: Any, factory: Factory) -> dict[str, Any]:
+    """Direct invocation (returns SecretArn, Username, GroupRole) or CloudFormation custom resource.
+
+    ``factory`` builds the Bootstrapper on its adapters (rotation.wiring.bootstrapper in Lambda): only after the
+    event has parsed, so a malformed event costs no client or connection.
+    """
     if cfn.CustomResourceRequest.matches(event):
-        return cfn.serve(event, context, _custom_resource)
+        return cfn.serve(event, context, lambda request: _custom_resource(request, factory))
     with step_metrics("Bootstrap", "Direct"), logged_failure():
         request = BootstrapRequest.parse(event)
-        return build_bootstrapper().apply(request).response()
+        return factory().apply(request).response()

@@ -24,8 +24,6 @@ from rotation.policy import (
     weaker_tls,
 )
 from rotation.ports import ClusterDirectory
-from rotation.rds_directory import default_directory
-from rotation.secrets_store import secrets_manager_client
 from rotation.topology import Endpoint
 
 if TYPE_CHECKING:
@@ -62,12 +60,14 @@ _IDENTITY_KEYS = ("dbClusterIdentifier", "dbInstanceIdentifier")
 
 
 class Bootstrapper:
+    """The order of work (see the package docstring) on its adapters; rotation.wiring.bootstrapper builds one."""
+
     def __init__(self, secrets: BootstrapSecrets, database: PostgresDatabase, settings: Settings,
-                 directory: Callable[[], ClusterDirectory] | None = None) -> None:
+                 directory: Callable[[], ClusterDirectory]) -> None:
         self._secrets = secrets
         self._database = database
         self._settings = settings
-        self._directory = directory or default_directory
+        self._directory = directory
 
     # ---- shared
 
@@ -318,14 +318,3 @@ class Bootstrapper:
         except SecretFormatError as exc:
             logger.warning(f"{exc}; only the roles named in the properties are removed")
             return None
-
-
-def build_bootstrapper(settings: Settings | None = None) -> Bootstrapper:
-    from rotation.handler import build_database  # the rotation function's own adapter settings, not a copy
-
-    settings = settings or Settings.from_env()
-    return Bootstrapper(
-        BootstrapSecrets(secrets_manager_client(settings.secrets_manager_endpoint)),
-        build_database(settings),
-        settings,
-    )

@@ -49,20 +49,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: the parser imports every command module to list it, and `rotation --help`
     # must stay fast, without the boto3 and psycopg imports that only a rotation needs.
+    from rotation import wiring
     from rotation.config import Settings
     from rotation.exceptions import RotationError
-    from rotation.handler import build_database
-    from rotation.secrets_store import SecretsManagerStore, secrets_manager_client
     from rotation_tools.local.driver import rotate_now
 
     if not args.json:
         print(f"rotating {args.secret_id}" + (f", resuming token {args.token}" if args.token else ""), flush=True)
     try:
         settings = Settings.from_env()
-        store = SecretsManagerStore(secrets_manager_client(settings.secrets_manager_endpoint))
         report = rotate_now(
-            store,
-            lambda: build_database(settings),
+            wiring.store(settings),
+            lambda: wiring.database(settings),
             settings,
             args.secret_id,
             token=args.token,

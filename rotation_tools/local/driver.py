@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rotation import wiring
 from rotation.config import Settings, StrategyName
 from rotation.events import RotationEvent, Step
 from rotation.exceptions import PendingValueMissing, RotationError, RotationStateError
@@ -225,10 +226,8 @@ def rotate_now(
     _check_can_start(metadata, token)
     resumed = token is not None
     token = token or new_token()
-    from rotation.rds_directory import default_directory  # only an RDS-managed admin secret needs it
-
     rotation = Rotation(StagedPendingStore(store, metadata.arn, token), database_factory, settings,
-                        directory=default_directory)
+                        directory=wiring.directory)
 
     results: list[StepResult] = []
     started = clock()
