@@ -1,28 +1,9 @@
-"""Preflight: why would rotating this secret fail? One invocation, one report, back within ten seconds.
-
-Invoked as ``{"Preflight": true, "SecretId": ...}`` (the console's Test button) or locally as
-``rotation doctor``. The checks walk the path a rotation takes, in order: the Secrets Manager endpoint, the
-secret, its rotation state, the database's name, port and TLS, the AWSCURRENT login and, when the secret has
-a ``masterarn``, the admin secret and its role privileges. A failing check says what to change.
-
-Why the timeouts are short and every check runs under a deadline: the most common failure, a function in a
-private subnet with no route to Secrets Manager, otherwise shows up only as a Lambda timeout whose last log
-line is "Found credentials in environment variables". Each network wait is bounded (2 s, libpq's minimum
-connect timeout), a check that still overruns is abandoned on its thread, and no check starts once the report
-budget is spent, so the report always arrives, whatever hangs.
-
-Everything here is read-only: DescribeSecret, GetSecretValue, DNS, TCP, a TLS handshake, logins and catalog
-queries. Details and fixes never carry a password.
-"""
+"""The checks, in the order a rotation walks its path, and the Preflight that runs them under a deadline."""
 
 from __future__ import annotations
 
-import enum
 import os
 import socket
-import ssl
-import struct
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,14 +32,21 @@ from rotation.exceptions import (
 from rotation.observability import logger
 from rotation.policy import AdminServer
 from rotation.ports import AWSCURRENT, AWSPENDING, SecretMetadata
+from rotation.preflight.probes import (
+    NETWORK_TIMEOUT_S,
+    SSL_REQUEST,
+    TLS_FIX,
+    CheckTimedOut,
+    tls_handshake,
+    within,
+)
+from rotation.preflight.report import CheckResult, Finding, PreflightReport, Status, fail, ok, skip, warn
 from rotation.protocol import AlternatingUsers, SecretReads, Strategy, choose_strategy, original_role, toggle_clone
 from rotation.rds_directory import RDS_API_FIX
 from rotation.secrets_store import NO_ROUTE_FIX, SecretsManagerStore, unreachable_fix
 
 #: The report must come back within 10 s; no check starts after this much time, and a running one is cut off.
 REPORT_BUDGET_S = 9.0
-#: One network wait (connect, DNS, an answer). libpq rounds any connect_timeout below 2 s up to 2.
-NETWORK_TIMEOUT_S = 2
 #: A check doing one or two network round trips; above NETWORK_TIMEOUT_S so the check's own timeout, which
 #: names the problem, normally fires before the deadline guard's generic one.
 CHECK_LIMIT_S = 3.0
@@ -67,7 +55,6 @@ CHECK_LIMIT_S = 3.0
 CHECK_LIMITS_S = {"secrets_manager_endpoint": 5.0}
 #: Below this, starting another network check would only produce a guard timeout.
 MIN_CHECK_S = 0.5
-CERT_EXPIRY_WARNING_DAYS = 14
 
 #: One attempt, short timeouts: diagnosis, unlike rotation, must not retry its way past the report budget.
 PREFLIGHT_CLIENT_CONFIG = Config(
@@ -76,10 +63,6 @@ PREFLIGHT_CLIENT_CONFIG = Config(
     retries={"total_max_attempts": 1, "mode": "standard"},
     user_agent_extra="aurora-postgres-rotation-preflight",
 )
-
-#: PostgreSQL's SSLRequest: length 8, code 80877103. Every server answers it with one byte, 'S' or 'N', before
-#: any authentication, so it tells "PostgreSQL answers here" and "TLS is offered" without logging in.
-SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 UNREADABLE_FIX = (
     "check the secret id, and that the function's execution role may secretsmanager:DescribeSecret and "
@@ -97,11 +80,6 @@ NETWORK_FIX = (
     "check the security groups (the database's must allow inbound TCP on its port from the function's), the "
     "function's subnets and their route tables and network ACLs (they must reach the database's subnets)"
 )
-TLS_FIX = (
-    "set PGSSLROOTCERT to the CA bundle that signed the server certificate (for RDS/Aurora, the RDS global "
-    "bundle); with verify-full the host in the secret must be a name the certificate carries (the cluster "
-    "endpoint, not a CNAME of it), or set the secret's ssl key to verify-ca"
-)
 PLAINTEXT_FIX = (
     'set "ssl": true in the secret (verify-full) and PGSSLROOTCERT to the CA bundle (for Aurora, the RDS '
     "global bundle)"
@@ -116,90 +94,6 @@ CREATEROLE_FIX = (
     "point masterarn at the cluster's master user secret (on Aurora it has CREATEROLE through rds_superuser), "
     "or ALTER ROLE {admin} CREATEROLE as a superuser"
 )
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """What one check found. ``learned`` feeds later checks; it is applied only when the check finished in time.
-
-    ``learned`` is out of the repr: it holds the raw AWSCURRENT value, password and all.
-    """
-
-    status: Status
-    detail: str
-    fix: str | None = None
-    learned: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-
-def ok(detail: str, **learned: Any) -> Finding:
-    return Finding(Status.OK, detail, learned=learned)
-
-
-def warn(detail: str, fix: str, **learned: Any) -> Finding:
-    return Finding(Status.WARN, detail, fix, learned=learned)
-
-
-def fail(detail: str, fix: str | None = None, **learned: Any) -> Finding:
-    return Finding(Status.FAIL, detail, fix, learned=learned)
-
-
-def skip(reason: str) -> Finding:
-    return Finding(Status.SKIP, f"skipped: {reason}")
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    name: str
-    status: Status
-    duration_ms: float
-    detail: str
-    fix: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status.value, "duration_ms": self.duration_ms,
-                "detail": self.detail, "fix": self.fix}
-
-
-@dataclass(frozen=True, slots=True)
-class PreflightReport:
-    secret_id: str
-    checks: tuple[CheckResult, ...]
-    duration_ms: float
-    secret_arn: str | None = None
-
-    @property
-    def status(self) -> Status:
-        statuses = {check.status for check in self.checks}
-        for worst in (Status.FAIL, Status.WARN):
-            if worst in statuses:
-                return worst
-        return Status.OK
-
-    def count(self, status: Status) -> int:
-        return sum(check.status is status for check in self.checks)
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{self.count(status)} {status.value}" for status in Status if self.count(status))
-        return f"preflight {self.status.value}: {counts} in {self.duration_ms / 1000:.1f} s"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "preflight": True,
-            "secret_id": self.secret_id,
-            "secret_arn": self.secret_arn,
-            "status": self.status.value,
-            "summary": self.summary(),
-            "duration_ms": self.duration_ms,
-            "changed": False,
-            "checks": [check.to_dict() for check in self.checks],
-        }
 
 
 @dataclass(slots=True)
@@ -223,34 +117,6 @@ class _Facts:
     admin_row: tuple[int, bool, bool] | None = None
     #: role name -> (is superuser, admin holds ADMIN OPTION on it)
     target_roles: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
-
-
-class _CheckTimedOut(Exception):
-    pass
-
-
-def _within(seconds: float, function: Callable[[], Finding]) -> Finding:
-    """Run ``function`` on a daemon thread and give up after ``seconds``.
-
-    Every network call below has its own timeout; this is the backstop for what has none (a stuck DNS
-    resolver, a TLS peer that trickles bytes), so the report's deadline holds whatever the network does.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["finding"] = function()
-        except BaseException as exc:  # handed to the caller's thread, which decides
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, name="preflight-check", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise _CheckTimedOut
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["finding"]
 
 
 def _fix_for(exc: RotationError, default: str | None, endpoint: str | None) -> str | None:
@@ -323,8 +189,8 @@ class Preflight:
     def _run_one(name: str, check: Callable[[_Facts], Finding], facts: _Facts, limit: float,
                  default_fix: str | None) -> Finding:
         try:
-            return _within(limit, lambda: check(facts))
-        except _CheckTimedOut:
+            return within(limit, lambda: check(facts))
+        except CheckTimedOut:
             return fail(f"no result within {limit:.1f} s", default_fix)
         except RotationError as exc:
             return fail(str(exc), _fix_for(exc, default_fix, facts.store.endpoint if facts.store else None))
@@ -472,7 +338,7 @@ class Preflight:
             return fail(f"the server at {creds.address} does not offer TLS, but sslmode={creds.sslmode} requires it",
                         "enable ssl on the server, or check that host and port are the database's "
                         "(Aurora always offers TLS)")
-        return _tls_handshake(creds, facts.address, facts.settings.ssl_root_cert)
+        return tls_handshake(creds, facts.address, facts.settings.ssl_root_cert)
 
     # ------------------------------------------------------------------------------------------ logins
 
@@ -620,46 +486,6 @@ def _judge_admin_privileges(creds: DatabaseCredentials, strategy: Strategy | Non
     return ok("; ".join([detail, *notes]))
 
 
-def _tls_context(sslmode: str, ca_file: str | None) -> ssl.SSLContext:
-    # Mirrors libpq: a CA file replaces the trust store ("system" is the default here), verify-ca skips the
-    # host name, require checks nothing.
-    context = ssl.create_default_context(cafile=ca_file)
-    if sslmode in {"require", "verify-ca"}:
-        context.check_hostname = False
-    if sslmode == "require":
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _tls_handshake(creds: DatabaseCredentials, address: str, ca_file: str | None) -> Finding:
-    method = "raw SSLRequest probe and Python's ssl module; current_login repeats it through libpq"
-    where = f"{address}:{creds.port}"
-    context = _tls_context(creds.sslmode, ca_file)
-    try:
-        with socket.create_connection((address, creds.port), timeout=NETWORK_TIMEOUT_S) as raw:
-            raw.sendall(SSL_REQUEST)
-            if raw.recv(1) != b"S":
-                return fail(f"{where} stopped offering TLS between two probes", TLS_FIX)
-            with context.wrap_socket(raw, server_hostname=creds.host) as tls:
-                version, certificate = tls.version(), tls.getpeercert()
-    except ssl.SSLCertVerificationError as exc:
-        return fail(f"certificate verification failed (sslmode={creds.sslmode}, CA "
-                    f"{ca_file or 'system trust store'}): {exc.verify_message} [{method}]", TLS_FIX)
-    except (ssl.SSLError, OSError) as exc:
-        return fail(f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or exc} [{method}]", TLS_FIX)
-    if creds.sslmode == "require":
-        return ok(f"{version} with {where}; certificate not verified (sslmode=require) [{method}]")
-    subject = dict(item[0] for item in certificate.get("subject", ()))
-    days_left = int((ssl.cert_time_to_seconds(certificate["notAfter"]) - time.time()) // 86400)
-    checked = "and host name " if creds.sslmode == "verify-full" else ""
-    detail = (f"{version} with {where}; certificate {subject.get('commonName', '?')!r} {checked}verified against "
-              f"{ca_file or 'the system trust store'}, expires {certificate['notAfter']} [{method}]")
-    if days_left < CERT_EXPIRY_WARNING_DAYS:
-        return warn(f"{detail}: only {days_left} days left",
-                    "renew the server certificate (RDS/Aurora: modify the cluster's certificate authority)")
-    return ok(detail)
-
-
 def diagnose(secret_id: str, env: Mapping[str, str] | None = None) -> PreflightReport:
     """Run every check for ``secret_id``; never raises for what it finds, only reports it."""
     return Preflight(env).run(secret_id)
@@ -672,6 +498,3 @@ def run_preflight(event: PreflightEvent) -> dict[str, Any]:
     log = logger.warning if report.status is Status.FAIL else logger.info
     log(report.summary(), extra={"preflight": payload})
     return payload
-
-
-__all__ = ["CheckResult", "Finding", "Preflight", "PreflightReport", "Status", "diagnose", "run_preflight"]
