@@ -25,7 +25,7 @@ LAMBDA_PLATFORMS := manylinux_2_28_aarch64 manylinux2014_aarch64
 #    (botocore's data files), which alone breaks the project's 20 MB artifact budget and adds
 #    cold-start time (the runtime's copy is pre-compiled and already on disk);
 #  - we only call long-stable Secrets Manager APIs (Get/PutSecretValue, DescribeSecret,
-#    UpdateSecretVersionStage, CreateSecret, TagResource, DeleteSecret, GetRandomPassword) and client
+#    UpdateSecretVersionStage, CreateSecret, TagResource, DeleteSecret; RDS DescribeDBClusters/Instances) and client
 #    options (connect_timeout, retries) that every runtime boto3 of the last years supports;
 #  - the trade-off: a runtime update may change the boto3 version under us. If you need a pinned SDK,
 #    add 'boto3==X' to LAMBDA_REQUIREMENTS below and accept the size (~+25 MB unzipped).

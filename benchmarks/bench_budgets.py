@@ -1,4 +1,4 @@
-"""The budgets of issue 7 and the check that the benchmark exits non-zero on.
+"""The budgets (round trips, artifact size, cold start) and the check that the benchmark exits non-zero on.
 
 Budgets are counts and sizes, so they are deterministic: the smoke test asserts the same ones. Times are
 reported, never budgeted here: they depend on the machine.
@@ -15,7 +15,7 @@ from bench_lab import ALTERNATING_USERS, SINGLE_USER
 SM_CALLS_PER_ROTATION = {SINGLE_USER: 11, ALTERNATING_USERS: 12}
 DB_CONNECTIONS_PER_ROTATION = {SINGLE_USER: 2, ALTERNATING_USERS: 3}
 ARTIFACT_MIB = 20
-#: Issue 15: a new container's cold path (imports, client, driver) at most this fraction of the reference's
+#: A new container's cold path (imports, client, driver) at most this fraction of the reference's
 #: (``import boto3``, a boto3 client, the driver: what AWS's functions pay), median against median.
 COLD_START_RATIO = 0.7
 #: A time budget judged on fewer fresh interpreters than this is reported, not failed: one sample on a shared

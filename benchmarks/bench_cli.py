@@ -8,7 +8,7 @@ secret, then:
 
 * end to end: runs `rotation rotate`, `doctor`, `repair` and `status` as a person would (the installed
   console script when there is one, else `python -m rotation_tools`), each in a fresh process, and reports
-  the wall time's median, min and max against the 1.5 s budget of issue 14;
+  the wall time's median, min and max against the 1.5 s budget;
 * breakdown: in a fresh interpreter per sample, times each phase on its own: interpreter start-up, the CLI
   and its parser, `import boto3`, building the Secrets Manager client, `import psycopg`, Powertools (the
   logger), and the command's own work (Secrets Manager calls, logins, rotation), then the same command again

@@ -1,6 +1,6 @@
 """rotation.aws: clients from botocore's own session, routed the way boto3 routes them, against moto over HTTP.
 
-The function no longer imports boto3 (issue 15), so these prove that botocore alone still honours the variables
+The function does not import boto3 (docs/performance.md), so these prove that botocore alone still honours the variables
 users set: AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL, an explicit endpoint (SECRETS_MANAGER_ENDPOINT), and
 that a missing region is still the clear configuration error.
 """

@@ -29,7 +29,7 @@ from rotation_tools.cli import main
 from rotation_tools.commands.demo import wants_colour
 from rotation_tools.demo import MASK, READER, READER_CLONE
 
-#: Figures the summary promises (README, issue 5): step timings and counts.
+#: Figures the summary promises (README): step timings and counts.
 EXPECTED_FIGURES = (
     "postgres_start_ms", "secrets_manager_start_ms", "bootstrap_ms",
     "single_user_rotation_createSecret_ms", "single_user_rotation_setSecret_ms",

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 MAKEFILE = ROOT / "Makefile"
 
-#: The artifact budget (issue 7: "Built artifact at most 20 MB"), unzipped, in bytes.
+#: The artifact budget ("built artifact at most 20 MB"), unzipped, in bytes.
 ARTIFACT_BUDGET_BYTES = 20 * 1024 * 1024
 
 #: cfn-lint findings we accept, by rule id, each with the reason. Empty today: the template lints clean,
@@ -157,7 +157,7 @@ def test_rotation_permissions_are_scoped() -> None:
         ]
     )
     assert "secretsmanager:resource/AllowRotationLambdaArn" in rotate["Condition"]["StringEquals"]
-    # DescribeSecret: an RDS-managed admin secret's tags name its cluster (issue 10).
+    # DescribeSecret: an RDS-managed admin secret's tags name its cluster (docs/security.md).
     assert sorted(by_sid["ReadAdminSecret"]["Action"]) == ["secretsmanager:DescribeSecret",
                                                            "secretsmanager:GetSecretValue"]
     assert "kms:ViaService" in by_sid["UseSecretsKeyThroughSecretsManager"]["Condition"]["StringEquals"]
@@ -223,6 +223,9 @@ def test_artifact_layout(artifact: Path) -> None:
         assert (artifact / "rotation" / "handler.py").is_file(), "the handler module must sit at the root"
     assert not list(artifact.rglob("rotation/**/__pycache__")), "caches must not be shipped"
     assert not (artifact / "tests").exists()
+    assert not (artifact / "rotation_tools").exists(), "the CLI, demo and local tooling never ship to Lambda"
+    shipped = {path.relative_to(artifact).as_posix() for path in (artifact / "rotation").rglob("*.py")}
+    assert shipped == {path.relative_to(ROOT).as_posix() for path in (ROOT / "rotation").rglob("*.py")}
     for package in ("psycopg", "psycopg_binary", "aws_lambda_powertools"):
         assert (artifact / package / "__init__.py").is_file(), f"{package} missing from the artifact"
     # boto3 comes with the Lambda runtime; see the Makefile for why it is not bundled.
@@ -318,7 +321,7 @@ def test_handlers_import_from_the_artifact_alone(artifact: Path, tmp_path: Path)
         "POWERTOOLS_METRICS_NAMESPACE": "SecretsRotation",
     }
     if platform.machine() not in ("aarch64", "arm64"):
-        # The aarch64 libpq cannot load here. The handler should not import psycopg at all (issue 7); if
+        # The aarch64 libpq cannot load here. The handler should not import psycopg at all; if
         # something does, fall back to psycopg's pure-Python layer over this machine's libpq, if any.
         env["PSYCOPG_IMPL"] = "python"
     python = lambda_like_python()
