@@ -24,8 +24,8 @@ import pytest
 
 from rotation import cfn
 from rotation.exceptions import BootstrapError, InvalidEventError
+from rotation_tools.local.certificates import make_certificates
 from rotation_tools.local.lambda_context import LambdaContext
-from rotation_tools.local.postgres import _make_certificates
 
 
 @dataclass
@@ -69,7 +69,7 @@ def serve_responses() -> Iterator[ResponseServer]:
     with tempfile.TemporaryDirectory(prefix="cfn-response-") as certs:
         # HTTPS, as S3's pre-signed URLs: the function answers no other scheme. The clients trust this CA for the
         # block's duration (OpenSSL reads SSL_CERT_FILE whenever a default context is made).
-        ca_file, cert_file, key_file = _make_certificates(Path(certs))
+        ca_file, cert_file, key_file = make_certificates(Path(certs))
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)

@@ -34,7 +34,7 @@ from rotation.exceptions import (
     SecretsManagerUnreachable,
     TLSError,
 )
-from rotation_tools.local.postgres import _make_certificates
+from rotation_tools.local.certificates import make_certificates
 
 SINGLE, ALTERNATING = "single-user", "alternating-users"
 
@@ -364,7 +364,7 @@ def test_verify_full_with_the_ca_bundle_rotates(sm, tls_user_secret, pg_tls, mon
 
 def test_no_ssl_key_means_verify_full_and_an_unknown_ca_is_refused(sm, tls_user_secret, tmp_path, monkeypatch):
     """No silent downgrade: without the right CA the rotation fails instead of connecting in plaintext."""
-    other_ca = _make_certificates(tmp_path)[0]
+    other_ca = make_certificates(tmp_path)[0]
     monkeypatch.setenv("PGSSLROOTCERT", str(other_ca))
     arn, original = tls_user_secret()
     del original["ssl"]

@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from rotation_tools.local import LocalToolError
+from rotation_tools.local.certificates import LOCALHOST, write_private
 from rotation_tools.local.postgres import (
-    LOCALHOST,
     PostgresServer,
     _as_server_user,
     _free_port,
     _run,
     _set_port,
-    _write_private,
     find_bindir,
     find_ssl_bindir,
     start_postgres,
@@ -279,7 +278,7 @@ def _make_standby(primary: PostgresServer, base: Path) -> PostgresServer:
     data_dir, log_file = base / "data", base / "server.log"
     passfile = base / "replication.pgpass"
     # The password reaches pg_basebackup (and later the standby's walreceiver) through a 0600 file, never argv.
-    _write_private(passfile, f"{LOCALHOST}:{primary.port}:*:{primary.superuser}:{primary.superuser_password}\n"
+    write_private(passfile, f"{LOCALHOST}:{primary.port}:*:{primary.superuser}:{primary.superuser_password}\n"
                    .encode())
     conninfo = f"host={LOCALHOST} port={primary.port} user={primary.superuser} passfile={passfile} sslmode=disable"
     _run(
