@@ -17,14 +17,19 @@ import gzip
 import json
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import botocore.session
+from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, DataNotFoundError, NoRegionError
 from botocore.loaders import JSONFileLoader, Loader
 
 from rotation.exceptions import ConfigurationError
+
+if TYPE_CHECKING:  # the services' typed clients: stubs from the dev extra, never in the Lambda artifact
+    from mypy_boto3_rds import RDSClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
 
 #: Variables botocore reads when it builds a client and that decide where its requests go: part of the cache
 #: key, so a changed endpoint (tests, the CLI pointing at moto) gets a new client instead of a stale one.
@@ -81,7 +86,7 @@ class _NamedServicesLoader(Loader):
 
 _lock = threading.Lock()
 _loader: _NamedServicesLoader | None = None
-_clients: dict[tuple[Any, ...], Any] = {}
+_clients: dict[tuple[Any, ...], BaseClient] = {}
 
 
 def _shared_loader(session: botocore.session.Session) -> _NamedServicesLoader:
@@ -99,7 +104,7 @@ def _endpoint_environment() -> tuple[tuple[str, str], ...]:
                         if name.startswith(_ENDPOINT_VARIABLE_PREFIX) or name in _ENDPOINT_SWITCHES))
 
 
-def _build(service_name: str, endpoint_url: str | None, region: str | None, config: Config):
+def _build(service_name: str, endpoint_url: str | None, region: str | None, config: Config) -> BaseClient:
     # A new session per client keeps each client's view of the environment (profile, credentials) as boto3's
     # would be; the shared loader is what makes it cheap.
     session = botocore.session.Session()
@@ -109,8 +114,23 @@ def _build(service_name: str, endpoint_url: str | None, region: str | None, conf
     return session.create_client(service_name, region_name=region, endpoint_url=endpoint_url, config=config)
 
 
+@overload
+def client(service_name: Literal["secretsmanager"], *, endpoint_url: str | None = None, region: str | None = None,
+           config: Config = DEFAULT_CONFIG) -> SecretsManagerClient: ...
+
+
+@overload
+def client(service_name: Literal["rds"], *, endpoint_url: str | None = None, region: str | None = None,
+           config: Config = DEFAULT_CONFIG) -> RDSClient: ...
+
+
+@overload
 def client(service_name: str, *, endpoint_url: str | None = None, region: str | None = None,
-           config: Config = DEFAULT_CONFIG):
+           config: Config = DEFAULT_CONFIG) -> BaseClient: ...
+
+
+def client(service_name: str, *, endpoint_url: str | None = None, region: str | None = None,
+           config: Config = DEFAULT_CONFIG) -> BaseClient:
     """The container's botocore client for ``service_name`` with these settings, built on first use.
 
     ``endpoint_url`` overrides botocore's resolution (which honours ``AWS_ENDPOINT_URL_<SERVICE>`` and

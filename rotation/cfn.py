@@ -61,11 +61,17 @@ class CustomResourceRequest:
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> CustomResourceRequest:
-        def text(key: str, required: bool = True) -> str | None:
+        def optional_text(key: str) -> str | None:
             value = event.get(key)
-            if value is None and not required:
+            if value is None:
                 return None
             if not isinstance(value, str) or not value:
+                raise InvalidEventError(f"CloudFormation request key {key!r} must be a non-empty string")
+            return value
+
+        def text(key: str) -> str:
+            value = optional_text(key)
+            if value is None:
                 raise InvalidEventError(f"CloudFormation request key {key!r} must be a non-empty string")
             return value
 
@@ -89,8 +95,10 @@ class CustomResourceRequest:
             stack_id=text("StackId"),
             request_id=text("RequestId"),
             logical_resource_id=text("LogicalResourceId"),
-            resource_type=text("ResourceType", required=False) or "",
-            physical_resource_id=text("PhysicalResourceId", required=request_type != CREATE),
+            resource_type=optional_text("ResourceType") or "",
+            # Only a Create has no physical id yet.
+            physical_resource_id=optional_text("PhysicalResourceId") if request_type == CREATE
+            else text("PhysicalResourceId"),
             properties=properties,
             old_properties=old_properties,
         )

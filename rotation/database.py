@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import NotRequired, TypedDict, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -38,6 +38,7 @@ APPLICATION_NAME = "secrets-rotation"
 #: How often testSecret on a reader tries again while the password change replicates.
 _REPLICA_POLL_S = 0.2
 T = TypeVar("T")
+_Row = TypeVar("_Row")
 _TLS_MARKERS = ("ssl", "certificate", "tls")
 _UNREACHABLE_MARKERS = {
     "timeout expired": "no answer within {timeout} s: check the security groups, subnets and route tables",
@@ -47,6 +48,32 @@ _UNREACHABLE_MARKERS = {
     "no route to host": "no route to the host: check subnets and route tables",
     "network is unreachable": "network unreachable: check subnets and route tables",
 }
+
+
+class ConnectParams(TypedDict):
+    """libpq's connection parameters, as :meth:`PostgresDatabase.connect` passes them to ``psycopg.connect``."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+    connect_timeout: int
+    sslmode: str
+    application_name: str
+    require_auth: str
+    channel_binding: NotRequired[str]
+    hostaddr: NotRequired[str]
+    sslrootcert: NotRequired[str]
+    options: NotRequired[str]
+
+
+def one_row(cursor: psycopg.Cursor[_Row], purpose: str) -> _Row:
+    """The row of a query that always returns one; a clear error naming ``purpose`` if it returned none."""
+    row = cursor.fetchone()
+    if row is None:
+        raise DatabaseError(f"the query for {purpose} returned no row")
+    return row
 
 
 def scram_verifier(conn: psycopg.Connection, username: str, password: str) -> str:
@@ -145,8 +172,8 @@ class PostgresDatabase:
         self.connection_attempts = 0
 
     def connect_params(self, creds: DatabaseCredentials, *, read_write: bool = False,
-                       as_admin: bool = False) -> dict[str, object]:
-        params: dict[str, object] = {
+                       as_admin: bool = False) -> ConnectParams:
+        params: ConnectParams = {
             "host": creds.host,
             "port": creds.port,
             "dbname": creds.dbname,
@@ -285,13 +312,13 @@ class PostgresDatabase:
 
     def _verify_once(self, creds: DatabaseCredentials, member_of: str | None) -> None:
         with self.connect(creds) as conn:
-            session_user, holds = conn.execute(
+            session_user, holds = one_row(conn.execute(
                 "SELECT session_user::text, "
                 "CASE WHEN %(role)s::text IS NULL THEN true "
                 "     WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s) THEN NULL "
                 "     ELSE pg_has_role(session_user, %(role)s, 'USAGE') END",
                 {"role": member_of if member_of != creds.username else None},
-            ).fetchone()
+            ), "the pending secret's session user and memberships")
         if session_user != creds.username:
             raise VerificationError(
                 f"logged in with the pending secret but the session user is {session_user!r}, "
@@ -363,7 +390,9 @@ def _alter_password(conn: psycopg.Connection, username: str, new_password: str) 
 
 def _grant_membership(conn: psycopg.Connection, username: str, original: str) -> None:
     """Membership gives the alternate user the original's privileges."""
-    if not conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (username, original)).fetchone()[0]:
+    is_member, = one_row(conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (username, original)),
+                         f"whether {username!r} is a member of {original!r}")
+    if not is_member:
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(original), sql.Identifier(username)))
 
 

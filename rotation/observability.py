@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -30,15 +31,15 @@ DEFAULT_NAMESPACE = "SecretsRotation"
 _log_to_stderr = False
 
 
-class _CurrentStdoutHandler(logging.StreamHandler):
+class _CurrentStdoutHandler(logging.StreamHandler[TextIO]):
     """Write to whatever sys.stdout is at emit time, as Lambda's runtime and test capture both expect."""
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr if _log_to_stderr else sys.stdout
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 

@@ -37,8 +37,9 @@ class SecretMetadata:
 class SecretStore(Protocol):
     def describe(self, secret_id: str) -> SecretMetadata: ...
 
-    def get_secret_string(self, secret_id: str, stage: str, version_id: str | None = None) -> str:
-        """The SecretString of a version; raises PendingValueMissing when the version holds no value."""
+    def get_secret_string(self, secret_id: str, stage: str, version_id: str | None = None) -> str | None:
+        """The SecretString of a version (None for a binary secret, which parse_secret_string refuses); raises
+        PendingValueMissing when the version holds no value."""
         ...
 
     def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:

@@ -145,7 +145,7 @@ class Backoff:
     cap_s: float = MAX_DELAY_S
 
     def delay(self, retry: int, uniform: Callable[[], float]) -> float:
-        return uniform() * min(self.cap_s, self.base_s * (2 ** retry))
+        return uniform() * min(self.cap_s, self.base_s * (2.0 ** retry))
 
 
 @dataclass

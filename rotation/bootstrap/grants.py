@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from rotation.credentials import DatabaseCredentials
-from rotation.database import _diag, scram_verifier
+from rotation.database import _diag, one_row, scram_verifier
 from rotation.exceptions import BootstrapError, PrivilegeError
 from rotation.observability import logger
 from rotation.policy import POWERFUL_ROLES
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from rotation.bootstrap.request import BootstrapRequest
 
 READ_ONLY_SETTING = "default_transaction_read_only"
+
+#: One privilege, as granted or wanted: (kind, schema, name, detail, privilege, grantee); see AclEntry.
+PrivilegeKey = tuple[str, str | None, str, str | None, str, str]
 
 _WRITE_FREE_PRIVILEGES = frozenset({"SELECT", "USAGE", "CONNECT", "EXECUTE"})
 #: Everything aclexplode() can report; checked before a privilege name is composed into a statement.
@@ -174,7 +177,7 @@ class AclEntry:
     revocable: bool
 
     @property
-    def key(self) -> tuple[str, str | None, str, str | None, str, str]:
+    def key(self) -> PrivilegeKey:
         return (self.kind, self.schema, self.name, self.detail, self.privilege, self.grantee)
 
     def describe(self) -> str:
@@ -229,9 +232,9 @@ class DatabasePlan:
     def login_roles(self) -> tuple[str, ...]:
         return (self.username, self.clone) if self.clone else (self.username,)
 
-    def desired(self) -> set[tuple[str, str | None, str, str | None, str, str]]:
+    def desired(self) -> set[PrivilegeKey]:
         group = self.group_role
-        wanted = {("database", None, self.dbname, None, "CONNECT", group)}
+        wanted: set[PrivilegeKey] = {("database", None, self.dbname, None, "CONNECT", group)}
         wanted |= {("schema", None, schema, None, "USAGE", group) for schema in self.schemas}
         wanted |= {("sequence" if r.is_sequence else "table", r.schema, r.name, None, "SELECT", group)
                    for r in self.relations}
@@ -252,10 +255,10 @@ def inspect_database(conn: psycopg.Connection, request: BootstrapRequest, *, clo
     ``clone``: whether ``<Username>_clone`` is one of this login's roles (alternating users, or the secret names
     it). Otherwise a role of that name is someone else's: not inspected, changed or revoked from.
     """
-    master, dbname, superuser, createrole, version = conn.execute(
+    master, dbname, superuser, createrole, version = one_row(conn.execute(
         "SELECT current_user::text, current_database()::text, rolsuper, rolcreaterole, "
         "current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
+    ), "the master user's attributes and the server version")
     where = f"database {dbname!r}"
     if not (superuser or createrole):
         raise PrivilegeError(
@@ -367,7 +370,7 @@ def _refuse_write_capable(conn: psycopg.Connection, managed: list[str], where: s
 
 @dataclass(frozen=True, slots=True)
 class _PrivilegeChanges:
-    grants: tuple[tuple[str, str | None, str, str | None, str, str], ...]
+    grants: tuple[PrivilegeKey, ...]
     revokes: tuple[AclEntry, ...]
     #: Read privileges someone else granted, which the master cannot take back.
     kept: tuple[str, ...]
@@ -407,7 +410,7 @@ def _can_revoke(entry: AclEntry) -> bool:
     return entry.revocable and known
 
 
-def _execute(conn: psycopg.Connection, statement: sql.Composable, doing: str) -> None:
+def _execute(conn: psycopg.Connection, statement: sql.Composed, doing: str) -> None:
     try:
         conn.execute(statement)
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -416,7 +419,7 @@ def _execute(conn: psycopg.Connection, statement: sql.Composable, doing: str) ->
         raise BootstrapError(f"{doing}: {_diag(exc)}") from exc
 
 
-def _grant_statement(key: tuple[str, str | None, str, str | None, str, str]) -> sql.Composable:
+def _grant_statement(key: PrivilegeKey) -> sql.Composed:
     kind, schema, name, detail, privilege, grantee = key
     granted, to = sql.SQL(privilege), sql.Identifier(grantee)
     if kind == "database":
@@ -425,13 +428,15 @@ def _grant_statement(key: tuple[str, str | None, str, str | None, str, str]) -> 
         return sql.SQL("GRANT {} ON SCHEMA {} TO {}").format(granted, sql.Identifier(name), to)
     if kind == "default":
         return sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT {} ON {} TO {}").format(
-            sql.Identifier(name), sql.Identifier(schema), granted, sql.SQL(_DEFAULT_ACL_OBJECTS[detail]), to)
+            sql.Identifier(name), sql.Identifier(_part(schema, "schema", key)), granted,
+            sql.SQL(_DEFAULT_ACL_OBJECTS[_part(detail, "object type", key)]), to)
     return sql.SQL("GRANT {} ON {} {} TO {}").format(
-        granted, sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE"), sql.Identifier(schema, name), to)
+        granted, sql.SQL("SEQUENCE" if kind == "sequence" else "TABLE"),
+        sql.Identifier(_part(schema, "schema", key), name), to)
 
 
-def _grant_statements(keys: Sequence[tuple[str, str | None, str, str | None, str, str]],
-                      batch: int = 500) -> list[sql.Composable]:
+def _grant_statements(keys: Sequence[PrivilegeKey],
+                      batch: int = 500) -> list[sql.Composed]:
     """One GRANT per batch of tables (and of sequences): a schema of thousands of tables stays quick."""
     statements = [_grant_statement(key) for key in keys if key[0] not in ("table", "sequence")]
     for kind in ("table", "sequence"):
@@ -439,27 +444,38 @@ def _grant_statements(keys: Sequence[tuple[str, str | None, str, str | None, str
         for start in range(0, len(same), batch):
             chunk = same[start:start + batch]
             statements.append(sql.SQL("GRANT SELECT ON {} {} TO {}").format(
-                sql.SQL(kind.upper()), sql.SQL(", ").join(sql.Identifier(k[1], k[2]) for k in chunk),
+                sql.SQL(kind.upper()), sql.SQL(", ").join(sql.Identifier(_part(k[1], "schema", k), k[2])
+                                                          for k in chunk),
                 sql.Identifier(chunk[0][5])))
     return statements
 
 
-def _revoke_statement(entry: AclEntry) -> sql.Composable:
+def _revoke_statement(entry: AclEntry) -> sql.Composed:
     privilege, frm = sql.SQL(entry.privilege), sql.Identifier(entry.grantee)
     if entry.kind == "database":
         return sql.SQL("REVOKE {} ON DATABASE {} FROM {}").format(privilege, sql.Identifier(entry.name), frm)
     if entry.kind == "schema":
         return sql.SQL("REVOKE {} ON SCHEMA {} FROM {}").format(privilege, sql.Identifier(entry.name), frm)
+    key = entry.key
     if entry.kind == "column":
         return sql.SQL("REVOKE {} ({}) ON TABLE {} FROM {}").format(
-            privilege, sql.Identifier(entry.detail), sql.Identifier(entry.schema, entry.name), frm)
+            privilege, sql.Identifier(_part(entry.detail, "column", key)),
+            sql.Identifier(_part(entry.schema, "schema", key), entry.name), frm)
     if entry.kind == "default":
         scope = sql.SQL(" IN SCHEMA {}").format(sql.Identifier(entry.schema)) if entry.schema else sql.SQL("")
         return sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {}{} REVOKE {} ON {} FROM {}").format(
-            sql.Identifier(entry.name), scope, privilege, sql.SQL(_DEFAULT_ACL_OBJECTS[entry.detail]), frm)
+            sql.Identifier(entry.name), scope, privilege,
+            sql.SQL(_DEFAULT_ACL_OBJECTS[_part(entry.detail, "object type", key)]), frm)
     return sql.SQL("REVOKE {} ON {} {} FROM {}").format(
         privilege, sql.SQL("SEQUENCE" if entry.kind == "sequence" else "TABLE"),
-        sql.Identifier(entry.schema, entry.name), frm)
+        sql.Identifier(_part(entry.schema, "schema", key), entry.name), frm)
+
+
+def _part(value: str | None, what: str, key: PrivilegeKey) -> str:
+    """A part of a privilege that its kind always has (a table's schema, a column's name)."""
+    if value is None:
+        raise BootstrapError(f"the {key[0]} privilege {key[4]} on {key[2]!r} has no {what}")
+    return value
 
 
 def _summary(items: Sequence[str], limit: int = 5) -> str:
@@ -471,7 +487,7 @@ def _ensure_role(conn: psycopg.Connection, plan: DatabasePlan, name: str, *, log
                  password: str | None) -> list[str]:
     """Create the role or bring its attributes in line; set ``password`` (as a verifier) when given."""
     role = sql.Identifier(name)
-    attributes = [sql.SQL("LOGIN" if login else "NOLOGIN")]
+    attributes: list[sql.Composable] = [sql.SQL("LOGIN" if login else "NOLOGIN")]
     if password is not None:
         attributes.append(sql.SQL("PASSWORD {}").format(sql.Literal(scram_verifier(conn, name, password))))
     state = plan.roles.get(name)
@@ -504,9 +520,9 @@ def _ensure_role(conn: psycopg.Connection, plan: DatabasePlan, name: str, *, log
 
 def _ensure_membership(conn: psycopg.Connection, plan: DatabasePlan) -> list[str]:
     member, group = plan.username, plan.group_role
-    is_member, inherits = conn.execute(
+    is_member, inherits = one_row(conn.execute(
         "SELECT pg_has_role(%s, %s, 'MEMBER'), pg_has_role(%s, %s, 'USAGE')", (member, group, member, group)
-    ).fetchone()
+    ), f"whether {member!r} is a member of {group!r}")
     if is_member and inherits:
         return []
     option = sql.SQL(" WITH INHERIT TRUE") if plan.server_version >= 160000 else sql.SQL("")
@@ -608,7 +624,8 @@ def check_login(conn: psycopg.Connection, creds: DatabaseCredentials, group_role
                 read_only: bool = False) -> None:
     """The secret's session is its user, holds the group's privileges and, with ``read_only``, is read-only by
     default (``ReadOnlyTransactions``; without it the setting is not checked: the privileges refuse writes)."""
-    session_user, holds_group, read_only_default = conn.execute(_SESSION_CHECK, (group_role,)).fetchone()
+    session_user, holds_group, read_only_default = one_row(conn.execute(_SESSION_CHECK, (group_role,)),
+                                                           f"the session of {creds.username!r}")
     problems = []
     if session_user != creds.username:
         problems.append(f"the session user is {session_user!r}")

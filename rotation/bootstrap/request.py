@@ -63,20 +63,27 @@ class _Properties:
     def bad(self, key: str, expected: str) -> InvalidEventError:
         return InvalidEventError(f"{self._what} key {key!r} must be {expected}")
 
-    def text(self, key: str, *, required: bool = False) -> str | None:
+    def text(self, key: str) -> str | None:
         value = self._event.get(key)
         if value is None:
-            if required:
-                raise InvalidEventError(f"{self._what} is missing the key {key!r}")
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.bad(key, "a non-empty string")
         return value.strip()
 
-    def identifier(self, key: str, *, required: bool = False, default: str | None = None) -> str | None:
-        value = self.text(key, required=required) or default
+    def required_text(self, key: str) -> str:
+        value = self.text(key)
         if value is None:
-            return None
+            raise InvalidEventError(f"{self._what} is missing the key {key!r}")
+        return value
+
+    def required_identifier(self, key: str) -> str:
+        return self._identifier(key, self.required_text(key))
+
+    def identifier(self, key: str, *, default: str) -> str:
+        return self._identifier(key, self.text(key) or default)
+
+    def _identifier(self, key: str, value: str) -> str:
         if len(value.encode()) > MAX_IDENTIFIER_BYTES:
             raise self.bad(key, f"at most {MAX_IDENTIFIER_BYTES} bytes long (PostgreSQL's limit), got {value!r}")
         if "\x00" in value:
@@ -188,7 +195,7 @@ class BootstrapRequest:
     @classmethod
     def parse(cls, event: Any, what: str = "Bootstrap event") -> BootstrapRequest:
         props = _Properties(event, what)
-        username = props.identifier("Username", required=True)
+        username = props.required_identifier("Username")
         default_group = username + GROUP_ROLE_SUFFIX
         if props.text("GroupRole") is None and len(default_group.encode()) > MAX_IDENTIFIER_BYTES:
             raise props.bad("GroupRole", f"given: {username!r} is too long to derive {default_group!r} from it")
@@ -215,7 +222,7 @@ class BootstrapRequest:
         if secret_name is not None and not _SECRET_NAME.fullmatch(secret_name):
             raise props.bad("SecretName", "1-512 characters from A-Z a-z 0-9 / _ + = . @ -")
         request = cls(
-            master_secret_id=props.text("MasterSecretId", required=True),
+            master_secret_id=props.required_text("MasterSecretId"),
             username=username,
             group_role=group_role,
             strategy=strategy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -14,6 +14,13 @@ from rotation.exceptions import BootstrapError, SecretsManagerError
 from rotation.policy import CREATED_BY_TAG
 from rotation.ports import AWSCURRENT, AWSPENDING
 from rotation.secrets_store import SecretsManagerStore
+
+if TYPE_CHECKING:  # stubs from the dev extra, never in the Lambda artifact
+    from mypy_boto3_secretsmanager.type_defs import (
+        CreateSecretResponseTypeDef,
+        DescribeSecretResponseTypeDef,
+        GetSecretValueResponseTypeDef,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +44,7 @@ class BootstrapSecrets(SecretsManagerStore):
 
     def find(self, name: str) -> ExistingSecret | None:
         try:
-            response = self._call("describe_secret", name)
+            response: DescribeSecretResponseTypeDef = self._call("describe_secret", name)
         except SecretsManagerError as exc:
             if _aws_error_code(exc) == "ResourceNotFoundException":
                 return None
@@ -57,7 +64,7 @@ class BootstrapSecrets(SecretsManagerStore):
 
     def read(self, secret_id: str, source: str) -> tuple[str, dict[str, Any]]:
         """The ARN and the parsed AWSCURRENT value of a secret."""
-        response = self._call("get_secret_value", secret_id, VersionStage=AWSCURRENT)
+        response: GetSecretValueResponseTypeDef = self._call("get_secret_value", secret_id, VersionStage=AWSCURRENT)
         return response["ARN"], parse_secret_string(response.get("SecretString"), source)
 
     def read_pending(self, secret_id: str, version_id: str, source: str) -> dict[str, Any]:
@@ -74,7 +81,7 @@ class BootstrapSecrets(SecretsManagerStore):
         try:
             # Through _call, for the same translation as every other call (an unreachable endpoint, a timeout,
             # missing credentials).
-            response = self._call("create_secret", name, id_parameter="Name", **kwargs)
+            response: CreateSecretResponseTypeDef = self._call("create_secret", name, id_parameter="Name", **kwargs)
         except SecretsManagerError as exc:
             if _aws_error_code(exc) == "ResourceExistsException":
                 raise BootstrapError(
