@@ -124,6 +124,7 @@ test:
 lint:
 	$(PYTHON) -c 'import sys; from cfnlint.runner import main; sys.argv[0] = "cfn-lint"; sys.exit(main())' "$(ROOT)/template.yaml"
 	$(PYTHON) -m ruff check "$(ROOT)"
+	cd "$(ROOT)" && $(PYTHON) -m mypy
 
 $(SAM):
 	$(PYTHON) -m venv "$(SAM_VENV)"

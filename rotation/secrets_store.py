@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from botocore.config import Config
@@ -26,6 +27,10 @@ from botocore.exceptions import (
 from rotation import aws
 from rotation.exceptions import PendingValueMissing, SecretsManagerError, SecretsManagerUnreachable
 from rotation.ports import AWSCURRENT, SecretMetadata
+
+if TYPE_CHECKING:  # stubs from the dev extra, never in the Lambda artifact
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_secretsmanager.type_defs import GetSecretValueResponseTypeDef
 
 NO_ROUTE_FIX = (
     "a function in a private subnet needs an interface VPC endpoint for secretsmanager with private DNS "
@@ -62,7 +67,8 @@ ROTATION_CLIENT_CONFIG = Config(
 )
 
 
-def secrets_manager_client(endpoint_url: str | None = None, config: Config = ROTATION_CLIENT_CONFIG):
+def secrets_manager_client(endpoint_url: str | None = None,
+                           config: Config = ROTATION_CLIENT_CONFIG) -> SecretsManagerClient:
     """The container's client for ``endpoint_url`` (SECRETS_MANAGER_ENDPOINT), else botocore's own resolution."""
     return aws.client("secretsmanager", endpoint_url=endpoint_url, config=config)
 
@@ -97,19 +103,19 @@ class SecretsManagerStore:
     """Secrets Manager for the protocol. Build it through rotation.wiring.store, which keeps one per client for
     the container's life: it remembers the versions it has seen with a value."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: SecretsManagerClient) -> None:
         self._client = client
         self._versions_with_values = _VersionsWithValues()
 
     @property
-    def client(self):
+    def client(self) -> SecretsManagerClient:
         return self._client
 
     @property
     def endpoint(self) -> str:
         return self._client.meta.endpoint_url
 
-    def _call(self, operation: str, secret_id: str, *, id_parameter: str = "SecretId", **kwargs):
+    def _call(self, operation: str, secret_id: str, *, id_parameter: str = "SecretId", **kwargs: Any) -> Any:
         """One API call, its failures translated; CreateSecret names the secret with ``Name``."""
         try:
             return getattr(self._client, operation)(**{id_parameter: secret_id}, **kwargs)
@@ -148,12 +154,13 @@ class SecretsManagerStore:
             tags={tag["Key"]: tag.get("Value", "") for tag in response.get("Tags", ()) if "Key" in tag},
         )
 
-    def get_secret_string(self, secret_id: str, stage: str = AWSCURRENT, version_id: str | None = None) -> str:
+    def get_secret_string(self, secret_id: str, stage: str = AWSCURRENT,
+                          version_id: str | None = None) -> str | None:
         # Always name the stage: without it a stale version can come back after a stage move.
-        kwargs = {"VersionStage": stage}
+        kwargs: dict[str, str] = {"VersionStage": stage}
         if version_id is not None:
             kwargs["VersionId"] = version_id
-        response = self._call("get_secret_value", secret_id, **kwargs)
+        response: GetSecretValueResponseTypeDef = self._call("get_secret_value", secret_id, **kwargs)
         self._versions_with_values.add(response.get("ARN", secret_id), response.get("VersionId"))
         return response.get("SecretString")
 
@@ -167,14 +174,15 @@ class SecretsManagerStore:
         return True
 
     def put_pending(self, secret_id: str, token: str, secret_string: str, rotation_token: str | None) -> None:
-        kwargs = {"ClientRequestToken": token, "SecretString": secret_string, "VersionStages": ["AWSPENDING"]}
+        kwargs: dict[str, Any] = {"ClientRequestToken": token, "SecretString": secret_string,
+                                  "VersionStages": ["AWSPENDING"]}
         if rotation_token:
             kwargs["RotationToken"] = rotation_token
         response = self._call("put_secret_value", secret_id, **kwargs)
         self._versions_with_values.add(response.get("ARN", secret_id), token)
 
     def move_current(self, secret_id: str, to_version: str, from_version: str | None) -> None:
-        kwargs = {"VersionStage": AWSCURRENT, "MoveToVersionId": to_version}
+        kwargs: dict[str, str] = {"VersionStage": AWSCURRENT, "MoveToVersionId": to_version}
         if from_version is not None:
             kwargs["RemoveFromVersionId"] = from_version
         self._call("update_secret_version_stage", secret_id, **kwargs)

@@ -139,8 +139,9 @@ class Bootstrapper:
                 f"secret {target.secret_name} is scheduled for deletion; restore it (aws secretsmanager "
                 f"restore-secret --secret-id {existing.arn}) to keep its password, or choose another SecretName"
             )
-        adopted = None if existing is None else self._read_existing(request, existing)
-        secret_username = None if adopted is None else adopted[1]["username"]
+        # The secret to adopt, its ARN and its AWSCURRENT value.
+        adopted = None if existing is None else (existing, *self._read_existing(request, existing))
+        secret_username = None if adopted is None else adopted[2]["username"]
         changes: list[str] = []
         with self._database.connect(target.admin, as_admin=True) as conn:
             plan = inspect_database(conn, request,
@@ -150,7 +151,7 @@ class Bootstrapper:
                 document, arn, login_password = self._create_secret(request, target)
                 changes.append(f"created secret {target.secret_name}")
             else:
-                document, arn, updated = self._adopt_secret(request, target, existing, *adopted)
+                document, arn, updated = self._adopt_secret(request, target, *adopted)
                 changes += updated
                 login_password = None
                 if document["username"] == request.username and request.username not in plan.roles:
@@ -239,7 +240,7 @@ class Bootstrapper:
         except LoginRefused:
             pass
         if existing is not None and existing.pending_version is not None:
-            self._rotation_in_progress(creds, request, existing)
+            self._rotation_in_progress(creds, request, existing, existing.pending_version)
             return []
         logger.warning(f"role {creds.username!r} does not accept the password in secret {arn}; resetting the role "
                        "to the secret's password (the secret is the truth)")
@@ -250,7 +251,7 @@ class Bootstrapper:
         return [f"role {creds.username!r}: password reset to the secret's"]
 
     def _rotation_in_progress(self, current: DatabaseCredentials, request: BootstrapRequest,
-                              existing: ExistingSecret) -> None:
+                              existing: ExistingSecret, version: str) -> None:
         """AWSCURRENT is refused while a rotation is under way: keep AWSPENDING's password if it logs in, else refuse.
 
         After single-user's setSecret the database holds AWSPENDING's password and refuses AWSCURRENT's until
@@ -258,7 +259,6 @@ class Bootstrapper:
         publish a password the database no longer accepts. The bootstrap never changes a password while a
         rotation is under way; rotation repair is the tool for one that is stuck.
         """
-        version = existing.pending_version
         source = f"AWSPENDING version {version} of secret {existing.arn}"
         refused = (f"role {current.username!r} does not accept the password in AWSCURRENT of secret {existing.name} "
                    f"and a rotation is in progress (AWSPENDING on version {version})")
@@ -296,14 +296,14 @@ class Bootstrapper:
         live = existing is not None and not existing.scheduled_for_deletion
         # Only what Create made: a Delete event is as easy to forge as any other (naming the master secret and an
         # application's role, say), so the tag and the role comments decide, not the properties.
-        ours = live and existing.created_by_bootstrap
-        secret_username = self._secret_username(existing) if ours else None
+        ours = existing if live and existing is not None and existing.created_by_bootstrap else None
+        secret_username = self._secret_username(ours) if ours is not None else None
         login_roles = self._login_roles(request, secret_username)
         marks = {bootstrap_role_mark(target.secret_name), *(alternate_role_mark(role) for role in login_roles)}
         with self._database.connect(target.admin, as_admin=True) as conn:
             changes = drop_roles(conn, (*login_roles, request.group_role), marks)
-        if ours:
-            self._secrets.delete(existing.arn)
+        if ours is not None:
+            self._secrets.delete(ours.arn)
             changes.append(f"deleted secret {target.secret_name}")
         elif live:
             logger.warning(f"secret {target.secret_name} was not created by the bootstrap (no "

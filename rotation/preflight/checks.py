@@ -15,7 +15,7 @@ from botocore.exceptions import NoCredentialsError
 from rotation import wiring
 from rotation.config import Settings
 from rotation.credentials import DatabaseCredentials, parse_secret_string
-from rotation.database import PostgresDatabase
+from rotation.database import PostgresDatabase, one_row
 from rotation.events import PreflightEvent
 from rotation.exceptions import (
     AdminEndpointUnknown,
@@ -354,7 +354,7 @@ class Preflight:
             return skip("the database port did not answer")
         try:
             with self._database(facts).connect(creds) as conn:
-                version = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+                version, = one_row(conn.execute("SELECT current_setting('server_version')"), "the server version")
         except LoginRefused as exc:
             return fail(
                 str(exc),
@@ -406,10 +406,10 @@ class Preflight:
                         "the secret's password must be the database's (rotation repair explains a stuck rotation)")
         try:
             with database.connect(admin, as_admin=True) as conn:
-                admin_row = conn.execute(
+                admin_row = one_row(conn.execute(
                     "SELECT current_setting('server_version_num')::int, rolsuper, rolcreaterole "
                     "FROM pg_roles WHERE rolname = current_user"
-                ).fetchone()
+                ), "the admin's attributes")
                 # 'USAGE WITH ADMIN OPTION' asks for ADMIN OPTION only (any privilege word gives the same
                 # answer); a superuser always has it.
                 target_rows = conn.execute(

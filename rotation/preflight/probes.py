@@ -8,8 +8,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from rotation.credentials import DatabaseCredentials
 from rotation.preflight.report import Finding, fail, ok, warn
@@ -38,22 +37,23 @@ def within(seconds: float, function: Callable[[], Finding]) -> Finding:
     Every network call below has its own timeout; this is the backstop for what has none (a stuck DNS
     resolver, a TLS peer that trickles bytes), so the report's deadline holds whatever the network does.
     """
-    outcome: dict[str, Any] = {}
+    findings: list[Finding] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            outcome["finding"] = function()
+            findings.append(function())
         except BaseException as exc:  # handed to the caller's thread, which decides
-            outcome["error"] = exc
+            errors.append(exc)
 
     worker = threading.Thread(target=target, name="preflight-check", daemon=True)
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
         raise CheckTimedOut
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["finding"]
+    if errors:
+        raise errors[0]
+    return findings[0]
 
 
 def tls_context(sslmode: str, ca_file: str | None) -> ssl.SSLContext:
@@ -85,12 +85,27 @@ def tls_handshake(creds: DatabaseCredentials, address: str, ca_file: str | None)
         return fail(f"TLS handshake with {where} failed: {getattr(exc, 'reason', None) or exc} [{method}]", TLS_FIX)
     if creds.sslmode == "require":
         return ok(f"{version} with {where}; certificate not verified (sslmode=require) [{method}]")
-    subject = dict(item[0] for item in certificate.get("subject", ()))
-    days_left = int((ssl.cert_time_to_seconds(certificate["notAfter"]) - time.time()) // 86400)
+    # A verified handshake always has the peer's certificate, with its subject and expiry.
+    not_after = certificate.get("notAfter") if certificate else None
+    if not isinstance(not_after, str):
+        return fail(f"{where} presented no certificate with an expiry date [{method}]", TLS_FIX)
+    days_left = int((ssl.cert_time_to_seconds(not_after) - time.time()) // 86400)
     checked = "and host name " if creds.sslmode == "verify-full" else ""
-    detail = (f"{version} with {where}; certificate {subject.get('commonName', '?')!r} {checked}verified against "
-              f"{ca_file or 'the system trust store'}, expires {certificate['notAfter']} [{method}]")
+    detail = (f"{version} with {where}; certificate {_common_name(certificate)!r} {checked}verified against "
+              f"{ca_file or 'the system trust store'}, expires {not_after} [{method}]")
     if days_left < CERT_EXPIRY_WARNING_DAYS:
         return warn(f"{detail}: only {days_left} days left",
                     "renew the server certificate (RDS/Aurora: modify the cluster's certificate authority)")
     return ok(detail)
+
+
+def _common_name(certificate: Mapping[str, object] | None) -> str:
+    """The subject's commonName of a certificate as ``SSLSocket.getpeercert()`` gives it, else '?'."""
+    subject = certificate.get("subject", ()) if certificate else ()
+    common_name = "?"
+    for relative_name in subject if isinstance(subject, tuple) else ():
+        # As dict(rdn[0] for rdn in subject): the first attribute of each relative name, the last one wins.
+        attribute = relative_name[0] if isinstance(relative_name, tuple) and relative_name else None
+        if isinstance(attribute, tuple) and len(attribute) == 2 and attribute[0] == "commonName":
+            common_name = str(attribute[1])
+    return common_name
