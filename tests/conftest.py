@@ -14,6 +14,7 @@ from typing import Any
 
 import helpers
 import pytest
+from cfn_responses import ResponseServer, serve_responses
 
 from rotation_tools.local.aurora import create_app_role, setup_aurora_like
 from rotation_tools.local.postgres import PostgresServer, find_bindir, find_ssl_bindir, start_postgres
@@ -108,6 +109,26 @@ def make_app_user(pg: PostgresServer, cluster: dict[str, Any]) -> Callable[..., 
         return create_app_role(pg, cluster, name or f"app_{uuid.uuid4().hex[:8]}", **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def master_arn(cluster: dict[str, Any], store_secret: Callable[..., str]) -> str:
+    """The cluster's master secret, stored under an RDS-managed-looking name (it keeps its host, like the
+    console's format)."""
+    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def username() -> str:
+    """A fresh name for a read-only login the test is about to create (bootstrap tests)."""
+    return f"reader_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def response_server() -> Iterator[ResponseServer]:
+    """A local HTTPS stand-in for the S3 bucket behind a CloudFormation ResponseURL."""
+    with serve_responses() as server:
+        yield server
 
 
 @pytest.fixture

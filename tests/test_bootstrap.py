@@ -12,17 +12,17 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
+from cfn_responses import ResponseServer, custom_resource_event
 from helpers import can_login, closed_port, connect, select_titles
 from psycopg import sql
 from service import ALL_STEPS, invoke, rotate
-from test_cfn import ResponseServer, custom_resource_event, serve_responses
 
 from rotation import cfn, handler
 from rotation.bootstrap import service as bootstrap_service
@@ -47,16 +47,6 @@ INSERT = "INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def master_arn(cluster: dict[str, Any], store_secret) -> str:
-    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def username() -> str:
-    return f"reader_{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -151,12 +141,6 @@ def assert_never_logged(passwords: list[str], pg: PostgresServer, captured: str)
     for password in passwords:
         assert password not in server_log, "a password reached the PostgreSQL statement log"
         assert password not in captured, "a password reached the function's log"
-
-
-@pytest.fixture
-def response_server() -> Iterator[ResponseServer]:
-    with serve_responses() as server:
-        yield server
 
 
 def unused_port() -> int:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
+from cfn_responses import ResponseServer, custom_resource_event
 from helpers import RecordingRelay, can_login, select_titles
 from psycopg import sql
-from test_cfn import ResponseServer, custom_resource_event, serve_responses
 
 from rotation import handler
 from rotation.exceptions import BootstrapError, ForeignEndpoint, InvalidEventError
@@ -26,22 +25,6 @@ from rotation_tools.local.aurora import setup_aurora_like
 from rotation_tools.local.lambda_context import LambdaContext
 
 NAME = "rds-db-credentials/demo-cluster/{}"
-
-
-@pytest.fixture
-def master_arn(cluster: dict[str, Any], store_secret) -> str:
-    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def username() -> str:
-    return f"reader_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def response_server():
-    with serve_responses() as server:
-        yield server
 
 
 def superuser(pg, *statements: sql.Composable) -> None:

@@ -66,11 +66,6 @@ def response(stdout: str) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-@pytest.fixture
-def master_arn(cluster: dict[str, Any], store_secret) -> str:
-    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
-
-
 # --- the sample events, end to end ----------------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,11 +34,6 @@ def ports(closed_port: int, silent_listener: int, blackhole_listener: int) -> di
 
 
 # ---------------------------------------------------------------------------------------------- secrets
-
-
-@pytest.fixture
-def master_arn(cluster: dict[str, Any], store_secret: Callable[..., str]) -> str:
-    return store_secret(cluster)
 
 
 def _status(report: PreflightReport) -> dict[str, str]:

@@ -40,11 +40,6 @@ SINGLE, ALTERNATING = "single-user", "alternating-users"
 
 
 @pytest.fixture
-def master_arn(cluster: dict[str, Any], store_secret) -> str:
-    return store_secret(cluster, name=f"rds!cluster-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
 def user_secret(make_app_user, store_secret, master_arn, request):
     """Factory: (arn, secret) for a fresh app user, set up for ``strategy`` with any extra keys."""
 
