@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_args import non_negative, positive
+
 from rotation_tools.local import LocalToolError
 from rotation_tools.local.aurora import create_app_role, login_accepted, secret_conninfo, setup_aurora_like
 from rotation_tools.local.postgres import PostgresServer, cleanup_on_sigterm, find_bindir, start_postgres
@@ -57,29 +59,15 @@ SAMPLE_INTERVAL_S = 0.003
 TOO_MANY_LOG_MARKERS = ("too many clients already", "remaining connection slots are reserved")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--secrets", type=_positive, default=200, help="secrets to rotate (default %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=16, help="concurrent worker processes (%(default)s)")
-    parser.add_argument("--max-connections", type=_positive, default=20, help="the server's (%(default)s)")
-    parser.add_argument("--app-connections", type=_non_negative, default=14,
+    parser.add_argument("--secrets", type=positive, default=200, help="secrets to rotate (default %(default)s)")
+    parser.add_argument("--workers", type=positive, default=16, help="concurrent worker processes (%(default)s)")
+    parser.add_argument("--max-connections", type=positive, default=20, help="the server's (%(default)s)")
+    parser.add_argument("--app-connections", type=non_negative, default=14,
                         help="idle sessions the cluster's applications hold throughout (%(default)s)")
-    parser.add_argument("--service-retries", type=_non_negative, default=5,
+    parser.add_argument("--service-retries", type=non_negative, default=5,
                         help="times the service retries a failed rotation (%(default)s)")
     parser.add_argument("--retry-pause", type=float, default=1.0,
                         help="the service waits uniformly up to this many seconds before a retry (%(default)s)")

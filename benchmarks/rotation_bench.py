@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bench_args import non_negative, positive
 from bench_artifact import measure_artifact
 from bench_budgets import as_json, budgets_hold, check_budgets
 from bench_coldstart import measure_first_invocation, measure_imports
@@ -40,32 +41,18 @@ SCHEMA_VERSION = 1
 EXIT_OK, EXIT_BUDGET_EXCEEDED, EXIT_NOT_MEASURED = 0, 1, 2
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=_positive, default=20,
+    parser.add_argument("--rounds", type=positive, default=20,
                         help="timed full rotations per strategy and ssl variant (default 20)")
-    parser.add_argument("--warmup", type=_non_negative, default=2,
+    parser.add_argument("--warmup", type=non_negative, default=2,
                         help="untimed rotations before them (counted all the same; default 2)")
-    parser.add_argument("--workers", type=_positive, default=4,
+    parser.add_argument("--workers", type=positive, default=4,
                         help="concurrent workers for the throughput run, besides 1 (default 4)")
-    parser.add_argument("--rotations-per-worker", type=_positive, default=5,
+    parser.add_argument("--rotations-per-worker", type=positive, default=5,
                         help="rotations each throughput worker performs (default 5)")
-    parser.add_argument("--samples", type=_positive, default=5,
+    parser.add_argument("--samples", type=positive, default=5,
                         help="fresh interpreters for import times and for first invocations (default 5)")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON_OUT,
                         help="where to write the results (default benchmarks/results/latest.json)")
