@@ -1,14 +1,16 @@
 """``rotation demo``: the story the project exists for, played end to end on real components.
 
 A real PostgreSQL (SCRAM-SHA-256 over TCP, every statement logged) set up the way Aurora sets up its master
-user, and the Secrets Manager API served by moto over HTTP, both started here and stopped here. Each step of
-the story is a function that does one thing through the same code paths as production (the bootstrap and
-rotation Lambda handlers, invoked in-process with the events the service sends) and then checks the outcome a
-user cares about against the real components: a login accepted or refused, an INSERT refused with SQLSTATE
-42501, which version AWSCURRENT labels. A failed check makes the demo fail; nothing here only prints.
+user, and the Secrets Manager API served by moto over HTTP, both started here and stopped here; later a
+streaming hot standby of that server joins it behind Aurora-named cluster and reader endpoints
+(rotation_tools.local.topology). Each step of the story is a function that does one thing through the same code
+paths as production (the bootstrap and rotation Lambda handlers, invoked in-process with the events the service
+sends) and then checks the outcome a user cares about against the real components: a login accepted or refused,
+an INSERT refused with SQLSTATE 42501 (or 25006 on the standby), which version AWSCURRENT labels. A failed check
+makes the demo fail; nothing here only prints.
 
 No password is ever shown: secret documents are printed masked, and the last step proves that neither the
-server's statement log nor the function's log lines ever held one of the passwords the story used.
+servers' logs nor the function's log lines ever held one of the passwords the story used.
 """
 
 from __future__ import annotations
@@ -646,7 +648,6 @@ def _add_reader_instance(story: Story) -> Topology:
     """The cluster gains a reader: a streaming hot standby of the story's server (``pg_basebackup -R``), and the
     cluster (writer) and reader endpoints in front of the two, with the names Aurora gives them."""
     writer = story.pg
-    _replication_bindir(writer.bindir)  # a --pg-bin without pg_basebackup: the fix, before anything changes
     _allow_replication(writer)
     base = Path(tempfile.mkdtemp(prefix="rotation-pg-replica-"))
     try:
@@ -861,6 +862,10 @@ def run_demo(
     start, with the fix in its message.
     """
     bindir = find_bindir(options.pg_bin)
+    # What the reader-endpoint act needs, known before anything starts: pg_basebackup next to the server's binaries
+    # (a --pg-bin may lack it), and loopback addresses of their own for the endpoints (Linux routes 127.0.0.0/8).
+    _replication_bindir(bindir)
+    _shared_port((WRITER_ADDRESS, READER_ADDRESS))
     started = time.perf_counter()
     with contextlib.ExitStack() as cleanup:
         story = Story(options, bindir, cleanup)

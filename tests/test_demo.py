@@ -31,6 +31,7 @@ import rotation.database
 from rotation_tools.cli import main
 from rotation_tools.commands.demo import wants_colour
 from rotation_tools.demo import MASK, READER, READER_CLONE, DemoOptions, run_demo
+from rotation_tools.local.postgres import find_bindir
 
 #: Figures the summary promises (README): step timings and counts.
 EXPECTED_FIGURES = (
@@ -413,16 +414,23 @@ START_FAILURES = {
                                               ("--pg-bin=/nonexistent", "initdb", "pg_config --bindir")),
     "postgres-port-taken": StartFailure(("--port", "{port}"), ("already in use", "--port 0")),
     "secrets-manager-port-taken": StartFailure(("--sm-port", "{port}"), ("already in use", "--sm-port")),
+    # The reader-endpoint act's standby is a pg_basebackup: known before anything starts.
+    "pg_basebackup-missing": StartFailure(("--pg-bin", "{server-only bindir}"), ("no pg_basebackup", "PG_BIN")),
 }
 
 
 @pytest.mark.parametrize("case", START_FAILURES.values(), ids=START_FAILURES.keys())
 def test_a_component_that_cannot_start_is_named_with_its_fix(
-    case: StartFailure, capsys: pytest.CaptureFixture[str]
+    case: StartFailure, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    server_only = tmp_path / "bin"  # initdb, pg_ctl and postgres, as a minimal installation has them
+    server_only.mkdir()
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (server_only / name).symlink_to(find_bindir() / name)
     with _listening_socket() as taken:
         port = str(taken.getsockname()[1])
-        exit_code = main(["demo", *(arg.replace("{port}", port) for arg in case.args)])
+        exit_code = main(["demo", *(arg.replace("{port}", port).replace("{server-only bindir}", str(server_only))
+                                    for arg in case.args)])
 
     err = capsys.readouterr().err
     assert exit_code == 1
