@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
+import rotation.database
 from rotation.database import APPLICATION_NAME, role_exists
 from rotation.events import Step
 from rotation.exceptions import LocalToolError
@@ -634,14 +635,12 @@ def _names_resolved(addresses: Mapping[str, str]) -> Iterator[None]:
     """The endpoints' DNS, for the function only and while the block runs: its database adapter maps each
     Aurora-style name to its endpoint's loopback address through the adapter's ``host_addresses`` seam (libpq's
     ``hostaddr``, so ``host`` keeps the name), exactly as the topology tests do. Production resolves by DNS."""
-    import rotation.database
-
     adapter = rotation.database.PostgresDatabase
-    rotation.database.PostgresDatabase = functools.partial(adapter, host_addresses=dict(addresses))  # type: ignore[misc]
+    rotation.database.PostgresDatabase = functools.partial(adapter, host_addresses=dict(addresses))
     try:
         yield
     finally:
-        rotation.database.PostgresDatabase = adapter  # type: ignore[misc]
+        rotation.database.PostgresDatabase = adapter
 
 
 def _add_reader_instance(story: Story) -> Topology:
