@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,10 +25,13 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+from helpers import can_login
 
+import rotation.database
 from rotation_tools.cli import main
 from rotation_tools.commands.demo import wants_colour
-from rotation_tools.demo import MASK, READER, READER_CLONE
+from rotation_tools.demo import MASK, READER, READER_CLONE, DemoOptions, run_demo
+from rotation_tools.local.postgres import find_bindir
 
 #: Figures the summary promises (README): step timings and counts.
 EXPECTED_FIGURES = (
@@ -35,6 +39,8 @@ EXPECTED_FIGURES = (
     "single_user_rotation_createSecret_ms", "single_user_rotation_setSecret_ms",
     "single_user_rotation_testSecret_ms", "single_user_rotation_finishSecret_ms", "single_user_rotation_total_ms",
     "alternating_rotation_1_total_ms", "alternating_rotation_2_total_ms",
+    "reader_instance_start_ms", "reader_endpoint_rotation_setSecret_ms", "reader_endpoint_rotation_testSecret_ms",
+    "reader_endpoint_rotation_total_ms",
     "passwords_checked", "server_log_lines", "password_statements", "scram_logins", "function_log_lines",
     "checks_passed",
 )
@@ -44,8 +50,11 @@ KEY_CHECKS = {
     4: "INSERT is refused with 'permission denied for table films' (SQLSTATE 42501)",
     5: "the old password (AWSPREVIOUS) is refused",
     6: f"{READER_CLONE} was created by the first rotation",
-    7: "no password appears in the server log",
+    7: "the old password (AWSPREVIOUS) is refused on the reader",
+    8: "no password appears in the server logs",
 }
+#: The story's acts, in order (the reader-endpoint act is 7, before the log proof).
+ACTS = list(range(1, 9))
 STORY_TIMEOUT = 120
 
 
@@ -133,13 +142,14 @@ def check_names(document: dict[str, Any]) -> dict[int, list[str]]:
 
 def test_the_story_in_process_verifies_every_claim(capsys: pytest.CaptureFixture[str]) -> None:
     environment_before = dict(os.environ)
+    adapter_before = rotation.database.PostgresDatabase
 
     exit_code = main(["demo", "--json"])
 
     document = json.loads(capsys.readouterr().out)
     failed = [check for check in document["checks"] if not check["passed"]]
     assert (exit_code, document["ok"], failed, document["skipped_steps"]) == (0, True, [], [])
-    assert [step["number"] for step in document["steps"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert [step["number"] for step in document["steps"]] == ACTS
     names = check_names(document)
     for step, name in KEY_CHECKS.items():
         assert name in names[step]
@@ -149,8 +159,9 @@ def test_the_story_in_process_verifies_every_claim(capsys: pytest.CaptureFixture
     assert figures["insert_refused_sqlstate"] == "42501"
     assert figures["clone_created"] == READER_CLONE
     assert figures["awscurrent_user"] == READER  # two alternating rotations bring it back
-    assert figures["passwords_checked"] >= 6
-    assert figures["alter_role_statements"] >= 2
+    assert figures["reader_insert_refused_sqlstate"] == "25006", "the reader refuses writes as a hot standby does"
+    assert figures["passwords_checked"] >= 7
+    assert figures["alter_role_statements"] >= 3
     # The secrets are shown, masked.
     shown = "\n".join(line for step in document["steps"] for line in step["lines"])
     assert f'"password": "{MASK}"' in shown
@@ -158,6 +169,7 @@ def test_the_story_in_process_verifies_every_claim(capsys: pytest.CaptureFixture
     assert document["resources"] is None, "nothing it started still exists: the report lists none of it"
     assert document["cleaned_up"] and not any(Path(path).exists() for path in document["cleaned_up"])
     assert dict(os.environ) == environment_before
+    assert rotation.database.PostgresDatabase is adapter_before, "the endpoint names were mapped for the act only"
 
 
 def test_the_story_as_a_command_exits_0_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -170,7 +182,7 @@ def test_the_story_as_a_command_exits_0_and_leaves_nothing_behind(tmp_path: Path
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for number in range(1, 8):
+    for number in ACTS:
         assert f"\n{number}. " in out
     assert "Summary: ✓ every check passed" in out
     assert "✗" not in out
@@ -193,9 +205,94 @@ def test_a_failing_step_fails_the_demo_and_stops_the_story(
     failed = [(check["step"], check["detail"]) for check in document["checks"] if not check["passed"]]
     assert exit_code == 1 and document["ok"] is False
     assert len(failed) == 1 and failed[0][0] == 3 and "PASSWORD_LENGTH" in failed[0][1]
-    assert len(document["skipped_steps"]) == 4
+    assert len(document["skipped_steps"]) == len(ACTS) - 3
     assert document["resources"] is None
     assert document["cleaned_up"] and not any(Path(path).exists() for path in document["cleaned_up"])
+
+
+# ============================================================================================ the reader endpoint
+
+
+@dataclass
+class ReaderAct:
+    """What act 7 left behind, looked at from outside while the demo's servers still run."""
+
+    endpoint: dict[str, Any]
+    #: The reader secret's versions with the reader endpoint as host: before the rotation, and the rotation's.
+    before: dict[str, Any]
+    rotated: dict[str, Any]
+    rotated_stages: list[str]
+    current: dict[str, Any]
+    logs_in: dict[str, bool]
+    in_recovery: bool
+    master_insert_sqlstate: str | None
+    writer_log: str
+    reader_log: str
+
+
+def look_at_the_reader_act(resources: Any) -> ReaderAct:
+    reader = resources.reader
+    client = boto3.session.Session().client(
+        "secretsmanager", endpoint_url=resources.endpoint_url, region_name=resources.region,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    versions = client.list_secret_version_ids(SecretId=resources.reader_secret_arn, IncludeDeprecated=True)["Versions"]
+    history = [(version.get("VersionStages", []), json.loads(client.get_secret_value(
+        SecretId=resources.reader_secret_arn, VersionId=version["VersionId"])["SecretString"])) for version in versions]
+    on_reader = [(stages, value) for stages, value in history if value["host"] == reader.reader_endpoint]
+    current = next(value for stages, value in history if "AWSCURRENT" in stages)
+    rotated_stages, rotated = next((stages, value) for stages, value in on_reader
+                                   if value["password"] == current["password"])
+    before = next(value for _, value in on_reader if value["password"] != current["password"])
+    # The endpoints' Aurora names resolve only inside the demo: libpq gets their addresses as hostaddr.
+    where = {"reader": {"hostaddr": reader.reader_address}, "writer": {"hostaddr": reader.cluster_address}}
+    logs_in = {f"{which} password on the {server}": can_login(secret, **hostaddr)
+               for which, secret in (("new", rotated), ("old", before)) for server, hostaddr in where.items()}
+    master = json.loads(client.get_secret_value(SecretId=resources.master_secret_arn,
+                                                VersionStage="AWSCURRENT")["SecretString"])
+    with psycopg.connect(host=reader.reader_endpoint, hostaddr=reader.reader_address, port=reader.endpoint_port,
+                         dbname="appdb", user=master["username"], password=master["password"], sslmode="disable",
+                         connect_timeout=5, autocommit=True) as conn:
+        recovering = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        try:
+            conn.execute("INSERT INTO films (code, title, did) VALUES ('XX001', 'Nope', 1)")
+            master_insert_sqlstate = None
+        except psycopg.Error as exc:
+            master_insert_sqlstate = exc.sqlstate
+    # Each server logs to server.log in its working directory.
+    return ReaderAct(
+        endpoint={"name": reader.reader_endpoint, "port": reader.endpoint_port}, before=before, rotated=rotated,
+        rotated_stages=rotated_stages, current=current, logs_in=logs_in, in_recovery=recovering,
+        master_insert_sqlstate=master_insert_sqlstate,
+        writer_log=(Path(resources.workdir) / "server.log").read_text(),
+        reader_log=(Path(reader.workdir) / "server.log").read_text(),
+    )
+
+
+def test_the_reader_endpoint_act_rotated_a_secret_whose_host_is_a_real_hot_standby() -> None:
+    seen: list[ReaderAct] = []
+
+    report = run_demo(DemoOptions(), while_running=lambda report: seen.append(look_at_the_reader_act(report.resources)))
+
+    assert report.ok, [check for check in report.checks if not check.passed]
+    act, = seen
+    # The secret pointed at the reader endpoint, and the rotation's version still does (the host is never
+    # rewritten); afterwards the demo put it back on the server's address, with the new password.
+    assert (act.before["host"], act.before["port"]) == (act.endpoint["name"], act.endpoint["port"])
+    assert ".cluster-ro-" in act.endpoint["name"] and "masterarn" not in act.before
+    assert act.rotated["host"] == act.endpoint["name"] and act.rotated["username"] == READER
+    assert "AWSPREVIOUS" in act.rotated_stages and act.current["password"] == act.rotated["password"]
+    assert act.logs_in == {"new password on the reader": True, "new password on the writer": True,
+                           "old password on the reader": False, "old password on the writer": False}
+    # A real hot standby: in recovery, and even the master (who may write films) is refused an INSERT there.
+    assert act.in_recovery is True and act.master_insert_sqlstate == "25006"
+    # reader_user changed its own password on the writer twice (act 5, then act 7 through the cluster endpoint's
+    # name); nothing ever tried to on the reader, where the function logged in to prove the new password.
+    assert act.writer_log.count(f'{READER}@appdb LOG:  statement: ALTER ROLE "{READER}" WITH PASSWORD') == 2
+    assert "ALTER ROLE" not in act.reader_log
+    assert re.search(rf"connection authorized: user={READER} database=appdb application_name=secrets-rotation",
+                     act.reader_log)
+    assert report.cleaned_up and not any(Path(path).exists() for path in report.cleaned_up)
 
 
 # ============================================================================================ interrupted and kept
@@ -211,7 +308,7 @@ class Interruption:
 
 INTERRUPTIONS = {
     "ctrl-c-in-the-middle-of-the-story": Interruption((), "1. Create the cluster", 130),
-    "ctrl-c-ends-a-kept-demo": Interruption(("--keep",), "Ctrl-C stops both servers", 0),
+    "ctrl-c-ends-a-kept-demo": Interruption(("--keep",), "Ctrl-C stops the servers", 0),
 }
 
 
@@ -249,11 +346,15 @@ def test_keep_leaves_a_cluster_to_explore_with_the_printed_details(demo_process:
     assert resources["secrets_manager"]["endpoint_url"] in commands["environment"]
     assert secret["password"] not in json.dumps(document), "passwords are fetched by the commands, never printed"
 
+    # The reader-endpoint act's hot standby and endpoints are kept too: the printed login reaches the standby.
+    assert document["resources"]["reader_instance"] is not None
+    on_reader = run_printed(commands["environment"], commands["login_function"],
+                            commands["psql_reader_endpoint"] + " -tAc 'SELECT pg_is_in_recovery(), session_user'")
+    assert on_reader.returncode == 0, on_reader.stdout + on_reader.stderr
+    assert on_reader.stdout.strip() == f"t|{secret['username']}"
+
     # The printed event commands run the rotation's four steps, one invocation each, against the kept stack.
-    shell = "; ".join([commands["environment"], commands["write_events"], commands["invoke_events"]])
-    bindir = str(Path(sys.executable).parent)
-    ran = subprocess.run(["bash", "-c", f"set -e; {shell}"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}, check=False)
+    ran = run_printed(commands["environment"], commands["write_events"], commands["invoke_events"])
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert ran.stdout.count('"changed"') == 4, ran.stdout
     rotated = json.loads(client.get_secret_value(SecretId=resources["secrets"][READER],
@@ -266,6 +367,14 @@ def test_keep_leaves_a_cluster_to_explore_with_the_printed_details(demo_process:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
     assert_nothing_left(tmp_path / "tmp")
+
+
+def run_printed(*commands: str) -> subprocess.CompletedProcess[str]:
+    """Run commands a kept demo printed, in one bash, as a person pastes them (this venv's tools on PATH)."""
+    bindir = str(Path(sys.executable).parent)
+    return subprocess.run(["bash", "-c", "set -e; " + "; ".join(commands)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PATH": f"{bindir}:{os.environ.get('PATH', '')}"},
+                          check=False)
 
 
 def read_json_document(proc: subprocess.Popen[str]) -> str:
@@ -305,16 +414,23 @@ START_FAILURES = {
                                               ("--pg-bin=/nonexistent", "initdb", "pg_config --bindir")),
     "postgres-port-taken": StartFailure(("--port", "{port}"), ("already in use", "--port 0")),
     "secrets-manager-port-taken": StartFailure(("--sm-port", "{port}"), ("already in use", "--sm-port")),
+    # The reader-endpoint act's standby is a pg_basebackup: known before anything starts.
+    "pg_basebackup-missing": StartFailure(("--pg-bin", "{server-only bindir}"), ("no pg_basebackup", "PG_BIN")),
 }
 
 
 @pytest.mark.parametrize("case", START_FAILURES.values(), ids=START_FAILURES.keys())
 def test_a_component_that_cannot_start_is_named_with_its_fix(
-    case: StartFailure, capsys: pytest.CaptureFixture[str]
+    case: StartFailure, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    server_only = tmp_path / "bin"  # initdb, pg_ctl and postgres, as a minimal installation has them
+    server_only.mkdir()
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (server_only / name).symlink_to(find_bindir() / name)
     with _listening_socket() as taken:
         port = str(taken.getsockname()[1])
-        exit_code = main(["demo", *(arg.replace("{port}", port) for arg in case.args)])
+        exit_code = main(["demo", *(arg.replace("{port}", port).replace("{server-only bindir}", str(server_only))
+                                    for arg in case.args)])
 
     err = capsys.readouterr().err
     assert exit_code == 1

@@ -9,7 +9,10 @@ authentication and every statement logged, and the Secrets Manager API locally (
   4. connects as the Query Editor does: SELECT works, INSERT is refused (SQLSTATE 42501)
   5. rotates immediately, single-user: the four steps; the new password logs in, the old one is refused
   6. attaches masterarn and rotates twice with alternating users (reader_user_clone)
-  7. proves the server's statement log never contained a password
+  7. adds a reader instance (a streaming hot standby) behind Aurora-named cluster and reader endpoints, points
+     reader_user's secret at the reader endpoint and rotates it: the password changes on the writer, testSecret
+     logs in on the reader, the old password is refused there, an INSERT there is refused (read-only)
+  8. proves the servers' logs never contained a password
 
 Each outcome is checked against the real components. Everything is stopped and deleted at the end, also on
 Ctrl-C or failure; --keep leaves it running (until Ctrl-C) and prints how to connect. The demo only ever
@@ -33,7 +36,8 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-HELP = "play the whole story locally: real PostgreSQL, local Secrets Manager, bootstrap, both rotations"
+HELP = ("play the whole story locally: real PostgreSQL, local Secrets Manager, bootstrap, both rotations, a "
+        "rotation on a reader endpoint")
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 _GREEN, _RED, _BOLD, _DIM, _RESET = "\033[32m", "\033[31m", "\033[1m", "\033[2m", "\033[0m"
@@ -58,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sm-port", type=_port, default=0, metavar="PORT",
                         help="the Secrets Manager endpoint's port on 127.0.0.1 (default 0: a free one)")
     parser.add_argument("--keep", action="store_true",
-                        help="leave PostgreSQL and the endpoint running until Ctrl-C, and print how to connect")
+                        help="leave PostgreSQL (writer and reader instance) and the endpoints running until Ctrl-C, "
+                        "and print how to connect")
     parser.add_argument("--json", action="store_true", help="print one JSON report on stdout instead of the story")
     parser.add_argument("--no-color", action="store_true",
                         help="no colour (also off when NO_COLOR is non-empty or stdout is not a terminal)")
@@ -107,7 +112,8 @@ def _keeper(args: argparse.Namespace, view: _View):
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            view.line("\nCtrl-C: stopping PostgreSQL and the Secrets Manager endpoint, deleting their files")
+            view.line("\nCtrl-C: stopping PostgreSQL, its reader instance and the Secrets Manager endpoint, deleting "
+                      "their files")
     return keep_running
 
 
@@ -145,6 +151,8 @@ def _connect_commands(resources) -> dict[str, str]:
         "login_function": function,
         "psql_reader": f"login {shlex.quote(resources.reader_secret_arn)}",
         "psql_master": f"login {shlex.quote(resources.master_secret_arn)}",
+        **({"psql_reader_endpoint": f"PGHOST={resources.reader.reader_address} PGPORT={resources.reader.endpoint_port} "
+                                    f"login {shlex.quote(resources.reader_secret_arn)}"} if resources.reader else {}),
         "rotate_again": f"rotation rotate --secret-id {shlex.quote(resources.reader_secret_arn)}",
         "write_events": f"rotation events --secret-id {shlex.quote(resources.reader_secret_arn)} --out {events}",
         "invoke_events": ("for step in createSecret setSecret testSecret finishSecret; do "
@@ -227,6 +235,11 @@ class _View:
             ("alternating", "alternating-users rotations: {alternating_rotation_1_total_ms:.0f} ms (creates "
                             "{clone_created}), {alternating_rotation_2_total_ms:.0f} ms; AWSCURRENT -> "
                             "{awscurrent_user}"),
+            ("reader-endpoint", "reader endpoint: hot standby ready in {reader_instance_start_ms:.0f} ms; rotation "
+                                "{reader_endpoint_rotation_total_ms:.0f} ms (setSecret on the writer "
+                                "{reader_endpoint_rotation_setSecret_ms:.0f}, testSecret on the reader "
+                                "{reader_endpoint_rotation_testSecret_ms:.0f} ms); INSERT there refused with "
+                                "{reader_insert_refused_sqlstate}"),
             ("plaintext", "{passwords_checked} passwords checked against {server_log_lines} server log lines "
                           "({statements_logged} statements, {password_statements} CREATE/ALTER ROLE with SCRAM "
                           "verifiers, {scram_logins} SCRAM logins) and {function_log_lines} function log lines: "
@@ -253,16 +266,27 @@ class _View:
         self.line(f"   Secrets Manager endpoint {resources.endpoint_url} (region {resources.region})")
         self.line(f"   master secret  {resources.master_secret_arn}")
         self.line(f"   reader secret  {resources.reader_secret_arn}")
+        reader = resources.reader
+        if reader is not None:
+            self.line(f"   reader instance (hot standby) at {reader.instance_host}:{reader.instance_port}, data in "
+                      f"{reader.data_dir}")
+            self.line(f"   cluster endpoint {reader.cluster_address}:{reader.endpoint_port}, reader endpoint "
+                      f"{reader.reader_address}:{reader.endpoint_port} (their Aurora names resolve only inside the "
+                      "demo; the reader secret is back on the server's own address)")
         self.line("   In another shell (each login reads the user and password from the endpoint; they are never "
                   "printed):")
         self.line(f"     {commands['environment']}")
         self.line(f"     {commands['login_function']}")
         self.line(f"     {commands['psql_reader']}      # as the user AWSCURRENT of the reader secret names")
         self.line(f"     {commands['psql_master']}      # as the master")
+        if "psql_reader_endpoint" in commands:
+            self.line(f"     {commands['psql_reader_endpoint']}      # on the reader: SELECT works, writes are "
+                      "refused")
         self.line(f"     {commands['rotate_again']}      # rotate it again, then log in again")
         self.line("   The rotation's four events, run one by one against this stack (a fresh AWSPENDING version is "
                   "staged as RotateSecret does):")
         self.line(f"     {commands['write_events']}")
         self.line(f"     {commands['invoke_events']}")
         self.line(f"     {commands['sam_local_invoke']}")
-        self.line("   Ctrl-C stops both servers and deletes their files.")
+        self.line("   Ctrl-C stops the servers (PostgreSQL, its reader instance, Secrets Manager) and deletes their "
+                  "files.")
