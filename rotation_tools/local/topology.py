@@ -240,7 +240,8 @@ def _shared_port(addresses: tuple[str, ...], attempts: int = 20) -> int:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise LocalToolError(
                     f"cannot bind {address}: this machine's loopback interface does not route 127.0.0.0/8 "
-                    "(Linux does by default); the endpoints need their own loopback addresses"
+                    "(Linux does by default); the endpoints need their own loopback addresses: on macOS, "
+                    f"`sudo ifconfig lo0 alias {address} up` adds one"
                 ) from exc
         finally:
             for probe in probes:
