@@ -50,9 +50,6 @@ REPORT_BUDGET_S = 9.0
 #: A check doing one or two network round trips; above NETWORK_TIMEOUT_S so the check's own timeout, which
 #: names the problem, normally fires before the deadline guard's generic one.
 CHECK_LIMIT_S = 3.0
-#: Checks that do more than their network round trip first: building the Secrets Manager client (loading the
-#: SDK's service model) takes a second or two on a cold, busy container before the network timeout starts.
-CHECK_LIMITS_S = {"secrets_manager_endpoint": 5.0}
 #: Below this, starting another network check would only produce a guard timeout.
 MIN_CHECK_S = 0.5
 
@@ -104,6 +101,8 @@ class _Facts:
     env: Mapping[str, str]
     settings: Settings = field(default_factory=Settings)
     store: SecretsManagerStore | None = None
+    #: Why the Secrets Manager client could not be built (no region), for the endpoint check to report.
+    client_error: ConfigurationError | None = None
     metadata: SecretMetadata | None = None
     describe_error: SecretsManagerError | None = None
     current_raw: str | None = field(default=None, repr=False)
@@ -164,8 +163,7 @@ class Preflight:
             if remaining < MIN_CHECK_S:
                 finding = skip(f"the preflight's {self._budget_s:.0f} s budget is spent")
             else:
-                limit = CHECK_LIMITS_S.get(name, CHECK_LIMIT_S)
-                finding = self._run_one(name, check, facts, min(limit, remaining), default_fix)
+                finding = self._run_one(name, check, facts, min(CHECK_LIMIT_S, remaining), default_fix)
             for key, value in finding.learned.items():
                 setattr(facts, key, value)
             results.append(CheckResult(
@@ -207,20 +205,26 @@ class Preflight:
     def _configuration(facts: _Facts) -> Finding:
         settings = Settings.from_env(facts.env)
         endpoint = settings.secrets_manager_endpoint or facts.env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+        # The client is built here, not in the endpoint check: loading the SDK's service model takes a second or
+        # two on a cold, busy container, which must not eat into the network check's own time limit.
+        built = _secrets_store(settings)
         return ok(
             f"strategy {settings.strategy.value}, PGCONNECT_TIMEOUT {settings.connect_timeout} s, "
             f"CA bundle {settings.ssl_root_cert or 'system trust store'}, "
             f"Secrets Manager endpoint {endpoint or 'resolved by boto3'}",
-            settings=settings,
+            settings=settings, **built,
         )
 
     @staticmethod
     def _secrets_manager_endpoint(facts: _Facts) -> Finding:
         # DescribeSecret doubles as the reachability probe: any HTTP answer, even an error, proves the route.
-        try:
-            store = wiring.store(facts.settings, PREFLIGHT_CLIENT_CONFIG)
-        except ConfigurationError as exc:  # no region: secrets_manager_client says so, naming AWS_REGION
-            return fail(str(exc), "set AWS_REGION (Lambda sets it for you; locally, a profile with a region works too)")
+        store, error = facts.store, facts.client_error
+        if store is None and error is None:  # the configuration check failed before building it: the defaults
+            built = _secrets_store(facts.settings)
+            store, error = built.get("store"), built.get("client_error")
+        if error is not None or store is None:
+            return fail(str(error),
+                        "set AWS_REGION (Lambda sets it for you; locally, a profile with a region works too)")
         try:
             metadata = store.describe(facts.secret_id)
         except SecretsManagerUnreachable as exc:
@@ -430,6 +434,14 @@ class Preflight:
         if admin is None or creds is None or facts.admin_row is None:
             return skip("the admin secret did not log in")
         return _judge_admin_privileges(creds, facts.strategy, facts.admin_row, facts.target_roles)
+
+
+def _secrets_store(settings: Settings) -> dict[str, Any]:
+    """The preflight's store, or why it cannot be built (no region), as facts for the next checks."""
+    try:
+        return {"store": wiring.store(settings, PREFLIGHT_CLIENT_CONFIG)}
+    except ConfigurationError as exc:  # no region: secrets_manager_client says so, naming AWS_REGION
+        return {"client_error": exc}
 
 
 def _unreachable_why(exc: SecretsManagerUnreachable) -> str:
