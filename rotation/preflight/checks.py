@@ -103,6 +103,8 @@ class _Facts:
     store: SecretsManagerStore | None = None
     #: Why the Secrets Manager client could not be built (no region), for the endpoint check to report.
     client_error: ConfigurationError | None = None
+    #: AWSCURRENT logged in at the secret's own address (current_login).
+    current_logs_in: bool = False
     metadata: SecretMetadata | None = None
     describe_error: SecretsManagerError | None = None
     current_raw: str | None = field(default=None, repr=False)
@@ -367,7 +369,8 @@ class Preflight:
                 "as an admin and store the same password in the secret",
             )
         return ok(f"AWSCURRENT logs in as {creds.username!r} at {creds.address}/{creds.dbname} through libpq "
-                  f"(sslmode={creds.sslmode}, PostgreSQL {version})")
+                  f"(sslmode={creds.sslmode}, PostgreSQL {version})",
+                  current_logs_in=True)
 
     @staticmethod
     def _admin_secret_readable(facts: _Facts) -> Finding:
@@ -405,7 +408,9 @@ class Preflight:
         database = self._database(facts)
         # The rotation's confused-deputy guard, here too: the admin logs in only for a secret whose AWSCURRENT
         # has just logged in on the admin's own server.
-        if not database.can_login(server.login(creds)):
+        # current_login made that very login already when the admin's server and TLS are the secret's own.
+        proven = facts.current_logs_in and server.login(creds) == creds
+        if not proven and not database.can_login(server.login(creds)):
             return fail("AWSCURRENT does not log in on the admin's server; the admin secret is not used for it",
                         "the secret's password must be the database's (rotation repair explains a stuck rotation)")
         try:
