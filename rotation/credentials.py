@@ -87,7 +87,8 @@ def _port(document: Mapping[str, Any], source: str) -> int:
     return raw
 
 
-def _sslmode(document: Mapping[str, Any], source: str) -> str:
+def sslmode_of(document: Mapping[str, Any], source: str) -> str:
+    """libpq's sslmode for a secret's ``ssl`` key: absent or true is verify-full, false is disable."""
     raw = document.get("ssl", True)
     if raw is True:
         return "verify-full"
@@ -158,7 +159,7 @@ class DatabaseCredentials:
             username=check_identifier(_text(document, "username", source, required=True), f"{source} username"),
             password=_text(document, "password", source, required=True),
             dbname=_text(document, "dbname", source, required=False, default=DEFAULT_DBNAME),
-            sslmode=_sslmode(document, source),
+            sslmode=sslmode_of(document, source),
             masterarn=masterarn,
             document=MappingProxyType(dict(document)),
         )
@@ -190,7 +191,7 @@ class DatabaseCredentials:
         """The endpoint and TLS mode an admin secret names itself (no host: None); absent ``ssl`` is verify-full."""
         host = _host(document, source, required=False)
         endpoint = None if host is None else Endpoint(host, _port(document, source))
-        return endpoint, _sslmode(document, source)
+        return endpoint, sslmode_of(document, source)
 
     def replaced(self, *, username: str | None = None, password: str | None = None) -> dict[str, Any]:
         """The secret document with a new username and/or password; every other key is kept as is."""

@@ -29,13 +29,12 @@ from rotation.exceptions import (
 )
 from rotation.policy import AdminServer, locate_admin_server, pending_mismatch, require_same_cluster
 from rotation.ports import AWSCURRENT, AWSPENDING, AWSPREVIOUS, ClusterDirectory, Database, SecretMetadata, SecretStore
-from rotation.topology import AuroraName, Endpoint
+from rotation.topology import AuroraName, Endpoint, is_rds_host
 
 CLONE_SUFFIX = "_clone"
 #: testSecret on a reader: how long the change made on the writer may take to replicate there (Aurora's replica
 #: lag is typically well under a second); well inside the function timeout.
 REPLICA_WAIT_S = 5.0
-_RDS_DOMAINS = (".rds.amazonaws.com", ".rds.amazonaws.com.cn")
 ALREADY_SET = "AWSPENDING already logs in (an earlier attempt set it); nothing to change"
 
 
@@ -122,7 +121,7 @@ def writer_endpoint(creds: DatabaseCredentials, directory: Callable[[], ClusterD
         writer = name.writer_host()
         assert writer is not None
         return Endpoint(writer, creds.port)
-    if name is None and not creds.host.lower().rstrip(".").endswith(_RDS_DOMAINS):
+    if name is None and not is_rds_host(creds.host):
         return creds.endpoint  # a self-managed server, an IP address, a CNAME: the host is the server
     cluster = creds.document.get("dbClusterIdentifier")
     if not isinstance(cluster, str) or not cluster.strip():
@@ -151,7 +150,7 @@ def _may_be_reader(creds: DatabaseCredentials) -> bool:
     name = AuroraName.parse(creds.host)
     if name is not None:
         return name.kind != "cluster"
-    return creds.host.lower().rstrip(".").endswith(_RDS_DOMAINS)
+    return is_rds_host(creds.host)
 
 
 def _no_directory() -> ClusterDirectory:

@@ -20,6 +20,14 @@ _AURORA_NAME = re.compile(
 )
 
 
+_RDS_DOMAINS = (".rds.amazonaws.com", ".rds.amazonaws.com.cn")
+
+
+def is_rds_host(host: str) -> bool:
+    """Whether ``host`` is a name RDS publishes (a cluster, reader, custom or instance endpoint)."""
+    return host.strip().rstrip(".").lower().endswith(_RDS_DOMAINS)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Endpoint:
     """A host and port, compared the way DNS compares names (case-insensitive, trailing dot ignored)."""

@@ -11,7 +11,7 @@ from rotation.bootstrap.grants import check_login, drop_roles, inspect_database,
 from rotation.bootstrap.request import _SECRET_NAME, BootstrapRequest
 from rotation.bootstrap.secrets import BootstrapSecrets, ExistingSecret
 from rotation.config import Settings, StrategyName
-from rotation.credentials import DEFAULT_DBNAME, MAX_IDENTIFIER_BYTES, DatabaseCredentials
+from rotation.credentials import DEFAULT_DBNAME, MAX_IDENTIFIER_BYTES, DatabaseCredentials, sslmode_of
 from rotation.exceptions import BootstrapError, InvalidEventError, LoginRefused, PendingValueMissing, SecretFormatError
 from rotation.observability import annotate, logger
 from rotation.policy import (
@@ -104,8 +104,7 @@ class Bootstrapper:
             connection["ssl"] = ssl
         elif server.sslmode != "verify-full":
             connection["ssl"] = server.sslmode
-        user_sslmode = DatabaseCredentials.from_secret(
-            {**connection, "username": "-", "password": "-"}, "the new secret").sslmode
+        user_sslmode = sslmode_of(connection, "the new secret")
         if weaker_tls(user_sslmode, server.sslmode):
             raise InvalidEventError(
                 f"the event's SSL would make the new secret connect with sslmode={user_sslmode}, weaker than the "
