@@ -285,3 +285,38 @@ def test_a_non_password_authentication_failure_is_not_a_wrong_password(sm, ident
     with pytest.raises(AuthenticationMethodRejected, match="by ident authentication, not by a password"):
         invoke(Step.SET, arn, token)
     assert sm.value(arn, "AWSCURRENT") == ident_only_role
+
+
+# --- the admin's login: SCRAM only -------------------------------------------------------------------------
+
+@pytest.fixture
+def md5_admin(pg, cluster, store_secret):
+    """A CREATEROLE admin whose password the server keeps as md5 and checks with md5 (pg_hba): an exchange that,
+    unlike SCRAM, a relay can replay. Returns (admin secret ARN, admin name)."""
+    name, password = f"md5admin_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    as_superuser(pg, "SET password_encryption = 'md5'",
+                 sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD {}").format(sql.Identifier(name),
+                                                                                sql.Literal(password)))
+    hba = pg.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f'host all "{name}" 127.0.0.1/32 md5\n' + original)
+    as_superuser(pg, "SELECT pg_reload_conf()")
+    yield store_secret({**cluster, "username": name, "password": password}), name
+    hba.write_text(original)
+    as_superuser(pg, "SELECT pg_reload_conf()")
+
+
+def test_the_admin_never_logs_in_with_a_replayable_exchange(sm, pg, md5_admin, make_app_user, store_secret,
+                                                            monkeypatch):
+    """The admin could rotate this user (it administers the role), but the server asks for md5: refused before
+    anything is sent, and nothing changes."""
+    use_strategy(monkeypatch, SINGLE)
+    admin_arn, admin = md5_admin
+    victim = make_app_user()
+    as_superuser(pg, sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(sql.Identifier(victim["username"]),
+                                                                        sql.Identifier(admin)))
+    arn = store_secret({**victim, "masterarn": admin_arn})
+    with pytest.raises(AuthenticationMethodRejected, match="admin logins use SCRAM-SHA-256 only"):
+        rotate(sm, arn)
+    assert can_login(victim), "the password is unchanged"
+    assert sm.value(arn, "AWSCURRENT")["password"] == victim["password"]
