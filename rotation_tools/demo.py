@@ -24,8 +24,6 @@ import hmac
 import io
 import json
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,14 +46,9 @@ from rotation_tools.local.postgres import PostgresServer, find_bindir, start_pos
 from rotation_tools.local.secretsmanager import LocalSecretsManager
 from rotation_tools.local.topology import (
     CLUSTER_ID,
-    READER_ADDRESS,
-    WRITER_ADDRESS,
-    Endpoint,
     Topology,
-    _allow_replication,
-    _make_standby,
-    _replication_bindir,
-    _shared_port,
+    add_reader,
+    check_reader_prerequisites,
     in_recovery,
 )
 
@@ -646,25 +639,13 @@ def _names_resolved(addresses: Mapping[str, str]) -> Iterator[None]:
 def _add_reader_instance(story: Story) -> Topology:
     """The cluster gains a reader: a streaming hot standby of the story's server (``pg_basebackup -R``), and the
     cluster (writer) and reader endpoints in front of the two, with the names Aurora gives them."""
-    writer = story.pg
-    _allow_replication(writer)
-    base = Path(tempfile.mkdtemp(prefix="rotation-pg-replica-"))
-    try:
-        standby = _make_standby(writer, base)
-    except BaseException:
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    story.cleanup.callback(standby.stop)
-    port = _shared_port((WRITER_ADDRESS, READER_ADDRESS))
-    cluster_endpoint = Endpoint("cluster", WRITER_ADDRESS, port, (writer.host, writer.port)).start()
-    story.cleanup.callback(cluster_endpoint.stop)
-    reader_endpoint = Endpoint("reader", READER_ADDRESS, port, (standby.host, standby.port)).start()
-    story.cleanup.callback(reader_endpoint.stop)
     cluster = story.value(story.master_arn)["dbClusterIdentifier"]
     domain = f"{CLUSTER_ID}.{story.sm.region}.rds.amazonaws.com"
-    story.topology = Topology(writer, standby, cluster_endpoint, reader_endpoint,
-                              writer_host=f"{cluster}.cluster-{domain}", reader_host=f"{cluster}.cluster-ro-{domain}")
-    story.topology.wait_replayed()
+    story.topology = add_reader(story.pg, writer_host=f"{cluster}.cluster-{domain}",
+                                reader_host=f"{cluster}.cluster-ro-{domain}")
+    # The reader side is this act's; the writer is the story's own server, stopped with the story.
+    for part in (story.topology.reader_endpoint, story.topology.cluster_endpoint, story.topology.reader):
+        story.cleanup.callback(part.stop)
     return story.topology
 
 
@@ -863,8 +844,7 @@ def run_demo(
     bindir = find_bindir(options.pg_bin)
     # What the reader-endpoint act needs, known before anything starts: pg_basebackup next to the server's binaries
     # (a --pg-bin may lack it), and loopback addresses of their own for the endpoints (Linux routes 127.0.0.0/8).
-    _replication_bindir(bindir)
-    _shared_port((WRITER_ADDRESS, READER_ADDRESS))
+    check_reader_prerequisites(bindir)
     started = time.perf_counter()
     with contextlib.ExitStack() as cleanup:
         story = Story(options, bindir, cleanup)

@@ -466,16 +466,33 @@ def start_topology(
     resolved = _replication_bindir(bindir)
     writer = start_postgres(resolved, log_statement=log_statement,
                             settings={**_REPLICATION_SETTINGS, **(settings or {})})
-    reader: PostgresServer | None = None
+    try:
+        return add_reader(writer, writer_host=writer_host, reader_host=reader_host)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.stop(mode="immediate")
+        raise
+
+
+def check_reader_prerequisites(bindir: str | os.PathLike[str] | None = None) -> None:
+    """Raise, with the fix, unless a reader can be added: ``pg_basebackup`` beside the binaries, and loopback
+    addresses of their own for the endpoints. For callers that want to know before they start anything."""
+    _replication_bindir(bindir)
+    _shared_port((WRITER_ADDRESS, READER_ADDRESS))
+
+
+def add_reader(writer: PostgresServer, *, writer_host: str = WRITER_HOST, reader_host: str = READER_HOST) -> Topology:
+    """Give a running ``writer`` a streaming hot-standby reader (``pg_basebackup -R``) and the cluster and reader
+    endpoints in front of the two. On failure, what this started is stopped; the writer stays the caller's."""
+    _allow_replication(writer)
+    base = Path(tempfile.mkdtemp(prefix="rotation-pg-replica-"))
+    try:
+        reader = _make_standby(writer, base)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     endpoints: list[Endpoint] = []
     try:
-        _allow_replication(writer)
-        base = Path(tempfile.mkdtemp(prefix="rotation-pg-replica-"))
-        try:
-            reader = _make_standby(writer, base)
-        except BaseException:
-            shutil.rmtree(base, ignore_errors=True)
-            raise
         port = _shared_port((WRITER_ADDRESS, READER_ADDRESS))
         endpoints.append(Endpoint("cluster", WRITER_ADDRESS, port, (writer.host, writer.port)).start())
         endpoints.append(Endpoint("reader", READER_ADDRESS, port, (reader.host, reader.port)).start())
@@ -485,10 +502,8 @@ def start_topology(
     except BaseException:
         for endpoint in endpoints:
             endpoint.stop()
-        for server in (reader, writer):
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop(mode="immediate")
+        with contextlib.suppress(Exception):
+            reader.stop(mode="immediate")
         raise
 
 
@@ -499,6 +514,8 @@ __all__ = [
     "WRITER_HOST",
     "Endpoint",
     "Topology",
+    "add_reader",
+    "check_reader_prerequisites",
     "in_recovery",
     "start_topology",
 ]
